@@ -1,0 +1,61 @@
+"""`fgclip <component> ...`: one console command, a subcommand per component.
+
+Each component module supplies `HELP`, `add_arguments(parser)` and
+`command(args, params) -> exit code`; this file only wires them up, so the same code
+runs from a shell, a `dvc repro` stage, an Airflow task or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fgclip.config import load_params, parse_override
+
+COMPONENTS: dict[str, str] = {
+    "demo-world": "fgclip.demo_world",
+    "recaption": "fgclip.recaption",
+    "detect": "fgclip.detect",
+    "negatives": "fgclip.negatives",
+    "qc": "fgclip.qc",
+    "finehard": "fgclip.finehard",
+}
+
+
+class ComponentError(Exception):
+    """A failure the user can act on: printed as one clear line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgclip", description="FG-CLIP data building, training and evaluation components")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one param, e.g. --set qc.max_noise_upper=0.1 (repeatable)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="component", required=True, metavar="component")
+    for name, module_name in COMPONENTS.items():
+        module = importlib.import_module(module_name)
+        child = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(child)
+        child.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        params = load_params(args.params, dict(parse_override(item) for item in args.overrides))
+        return int(args._module.command(args, params) or 0)
+    except ComponentError as error:
+        logging.getLogger("fgclip").error("%s", error)
+        print(f"fgclip {args.component}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
