@@ -22,6 +22,9 @@ COMPONENTS: dict[str, str] = {
     "negatives": "fgclip.negatives",
     "qc": "fgclip.qc",
     "finehard": "fgclip.finehard",
+    "register": "fgclip.register",
+    "eval": "fgclip.evaluate",
+    "eval-table": "fgclip.eval_table",
 }
 
 
@@ -58,4 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m fgclip.cli` runs this file as __main__, a second copy of the module;
+    # call the imported one so its ComponentError is the one components raise.
+    from fgclip.cli import main as installed_main
+
+    sys.exit(installed_main())

@@ -7,6 +7,7 @@ instead of silently running with a default.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,11 +32,39 @@ class DemoWorldConfig(Section):
     max_objects: int = Field(4, ge=1)
     photo_background_rate: float = Field(0.5, ge=0.0, le=1.0)
     jpeg_quality: int = Field(90, ge=20, le=100)
+    photo_backgrounds: tuple[str, ...] = Field(
+        ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+         "camera", "brick", "grass", "gravel"),
+        description="skimage.data images used as photo backgrounds; a missing one falls back to a gradient")
+    background_colours: tuple[str, ...] = Field(
+        ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "gray", "cyan"),
+        min_length=2, description="lexicon colours whose pale tints paint plain and gradient backgrounds")
+    background_tint: float = Field(0.75, ge=0.0, le=1.0, description="how far background colours are mixed towards white")
+    gradient_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of non-photo backgrounds drawn as gradients")
+    large_rate: float = Field(0.4, ge=0.0, le=1.0, description="probability that an object is large")
+    small_side: tuple[float, float] = Field((0.14, 0.22), description="small object side, fraction of the shorter image side")
+    large_side: tuple[float, float] = Field((0.30, 0.42), description="large object side, fraction of the shorter image side")
+    max_overlap: float = Field(0.1, ge=0.0, le=1.0, description="max box intersection over the smaller box's area")
+    placement_attempts: int = Field(60, ge=1, description="random positions tried per object before leaving it out")
+    edge_margin: float = Field(0.02, ge=0.0, lt=0.5, description="free border, fraction of each image side")
+    pattern_period: float = Field(0.25, gt=0.0, le=1.0, description="stripe/dot/checker period, fraction of object side")
+    pattern_min_period_px: int = Field(6, ge=2, description="patterns never get finer than this (JPEG would blur them)")
 
     @model_validator(mode="after")
     def _objects_range(self) -> "DemoWorldConfig":
         if self.min_objects > self.max_objects:
             raise ValueError("demo.min_objects must not exceed demo.max_objects")
+        for name in ("small_side", "large_side"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high < 1.0:
+                raise ValueError(f"demo.{name} must be (low, high) with 0 < low <= high < 1")
+        if self.small_side[1] >= self.large_side[0]:
+            raise ValueError("demo.small_side must lie below demo.large_side, or 'small' and 'large' overlap")
+        from fgclip.lexicon import COLOURS  # lexicon imports nothing, so no cycle
+
+        unknown = sorted(set(self.background_colours) - set(COLOURS))
+        if unknown:
+            raise ValueError(f"demo.background_colours has colours the lexicon does not know: {unknown}")
         return self
 
 
@@ -44,10 +73,12 @@ class DemoRecaptionTeacher(Section):
 
     attribute_error_rate: float = Field(0.01, ge=0.0, le=1.0)
     miss_rate: float = Field(0.01, ge=0.0, le=1.0)
+    relation_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of object mentions that add a spatial relation")
 
 
 class RecaptionConfig(Section):
     backend: Literal["demo"] = "demo"
+    batch_size: int = Field(16, ge=1, description="samples handed to the caption backend at once")
     demo: DemoRecaptionTeacher = DemoRecaptionTeacher()
 
 
@@ -57,6 +88,23 @@ class DemoDetectTeacher(Section):
     jitter: float = Field(0.03, ge=0.0, le=0.5, description="box jitter, fraction of box size (std)")
     miss_rate: float = Field(0.02, ge=0.0, le=1.0)
     false_positive_rate: float = Field(0.005, ge=0.0, le=1.0, description="per expression")
+    score_min: float = Field(0.6, ge=0.0, le=1.0, description="lowest score of a found box; must pass detect.min_confidence")
+    score_max: float = Field(0.95, ge=0.0, le=1.0)
+    sub_threshold_candidates: int = Field(2, ge=0, description="random low-score boxes per expression, so the threshold has work")
+    sub_threshold_max_fraction: float = Field(0.9, gt=0.0, lt=1.0, description="their scores: below this fraction of min_confidence")
+    duplicate_rate: float = Field(0.5, ge=0.0, le=1.0, description="chance of a near-duplicate, lower-score box, so NMS has work")
+    duplicate_jitter: float = Field(0.04, ge=0.0, le=0.5, description="near-duplicate offset, fraction of box size (std)")
+    duplicate_score_factor: float = Field(0.9, gt=0.0, lt=1.0, description="near-duplicate score = found score x this")
+    false_positive_size: tuple[float, float] = Field((0.08, 0.3), description="side range of a false box, fraction of the image side")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DemoDetectTeacher":
+        if self.score_min > self.score_max:
+            raise ValueError("detect.demo.score_min must not exceed detect.demo.score_max")
+        low, high = self.false_positive_size
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError("detect.demo.false_positive_size must be (low, high) with 0 < low <= high <= 1")
+        return self
 
 
 class DetectConfig(Section):
@@ -67,7 +115,16 @@ class DetectConfig(Section):
     max_regions: int = Field(8, ge=1)
     min_box_side_px: float = Field(4.0, ge=0.0)
     min_box_area_fraction: float = Field(0.0005, ge=0.0, le=1.0)
+    extractor_max_gap: int = Field(3, ge=0, description="rules extractor: verb words allowed between a noun and its location ('sits near')")
+    bbox_decimals: int = Field(6, ge=3, le=12, description="decimals of normalised box coordinates in the output")
     demo: DemoDetectTeacher = DemoDetectTeacher()
+
+    @model_validator(mode="after")
+    def _demo_passes(self) -> "DetectConfig":
+        # An error-free demo teacher must clear the threshold, or every box is a miss.
+        if self.backend == "demo" and self.demo.score_min < self.min_confidence:
+            raise ValueError("detect.demo.score_min must be >= detect.min_confidence")
+        return self
 
 
 class NegativesConfig(Section):
@@ -88,6 +145,150 @@ class QCConfig(Section):
     max_caption_words: int = Field(400, ge=1)
     match_iou: float = Field(0.5, gt=0.0, le=1.0, description="truth reviewer: a box matches an object at this IoU")
     gallery_items: int = Field(120, ge=0)
+    gallery_image_max_side: int = Field(384, ge=32, description="gallery images are downscaled to this longest side (px)")
+    gallery_jpeg_quality: int = Field(85, ge=20, le=100)
+
+
+class RegisterConfig(Section):
+    """Model registry: every model becomes a new MLflow model version; the `champion`
+    alias moves only when the challenger passes the promotion gate."""
+
+    model_name: str = "fgclip-demo"
+    experiment: str = "fgclip-register"
+    challenger_alias: str = "challenger"
+    champion_alias: str = "champion"
+    gate: dict[str, float] = Field(
+        default_factory=lambda: {"fgovd_demo_top1": 0.0, "box_cls_top1": 0.0},
+        min_length=1,
+        description="eval metric -> required minimum improvement over the champion; all must pass",
+    )
+    lower_is_better: list[str] = Field(default_factory=list, description="gated metrics where smaller wins (losses)")
+    metric_tag_prefix: str = Field("metric.", description="model-version tags holding a version's eval metrics")
+    artifact_name: str = "model"
+    predict_batch_size: int = Field(32, ge=1, description="rows per forward pass when the logged model embeds")
+    predict_device: str = Field("auto", description="'auto' (cuda when present, else cpu), or a torch device")
+
+
+class DemoModelSpec(Section):
+    """The tiny CLIP `fgclip init-model --base demo-tiny` builds from scratch (no hub)."""
+
+    tokenizer_vocab_size: int = Field(1000, ge=300, description="BPE training target (byte alphabet + merges + specials)")
+    tokenizer_min_frequency: int = Field(2, ge=1)
+    text_hidden_size: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(2, ge=1)
+    text_intermediate_size: int = Field(256, ge=8)
+    text_positions: int = Field(77, ge=22, description="short-text positions; stretched to 4L - 60 for long captions")
+    vision_hidden_size: int = Field(64, ge=8)
+    vision_layers: int = Field(2, ge=2, description=">= 2: dense features run the last block apart")
+    vision_heads: int = Field(2, ge=1)
+    vision_intermediate_size: int = Field(256, ge=8)
+    image_size: int = Field(112, ge=16)
+    patch_size: int = Field(16, ge=2)
+    projection_dim: int = Field(64, ge=8)
+    logit_scale_init: float = Field(2.6592, description="log inverse temperature at init (CLIP: ln(1/0.07))")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "DemoModelSpec":
+        if self.image_size % self.patch_size:
+            raise ValueError("model.demo.image_size must be a multiple of model.demo.patch_size")
+        if self.text_hidden_size % self.text_heads or self.vision_hidden_size % self.vision_heads:
+            raise ValueError("model.demo hidden sizes must be multiples of their head counts")
+        return self
+
+
+class ModelConfig(Section):
+    demo: DemoModelSpec = DemoModelSpec()
+
+
+class StageRecipe(Section):
+    """Optimiser, schedule and batch of one training stage (AdamW, linear warmup + cosine)."""
+
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0.0)
+    warmup_steps: int = Field(ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, fraction of lr")
+    batch_size: int = Field(ge=2, description="per rank (contrastive: >= 2)")
+    epochs: int = Field(1, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1, description="all ranks together; None: every image of the shards")
+    grad_clip: float = Field(1.0, gt=0.0)
+    regional_weight: float = Field(0.1, ge=0.0, description="stage 2: weight of L_regional")
+    hard_weight: float = Field(0.5, ge=0.0, description="stage 2: weight of L_hard")
+
+
+class DemoRecipes(Section):
+    """Recipes for the tiny demo model: a larger lr and a few hundred steps in all."""
+
+    stage1: StageRecipe = StageRecipe(lr=1e-3, weight_decay=0.05, warmup_steps=20, batch_size=32, epochs=20)
+    stage2: StageRecipe = StageRecipe(lr=2e-4, weight_decay=0.001, warmup_steps=10, batch_size=32, epochs=10)
+
+
+class TrainConfig(Section):
+    """Two-stage FG-CLIP training (DeepSpeed ZeRO-2). `recipe` picks paper or demo recipes."""
+
+    recipe: Literal["paper", "demo"] = "paper"
+    stage1: StageRecipe = StageRecipe(lr=1e-4, weight_decay=0.05, warmup_steps=200, batch_size=384)
+    stage2: StageRecipe = StageRecipe(lr=1e-6, weight_decay=0.001, warmup_steps=50, batch_size=512)
+    demo: DemoRecipes = DemoRecipes()
+    max_boxes: int = Field(4, ge=1, description="stage 2: boxes per image")
+    max_negatives: int = Field(10, ge=1, description="stage 2: hard negatives per box")
+    short_prefix: str = "a photo of "
+    short_text_length: int = Field(77, ge=8)
+    long_text_length: int = Field(248, ge=8)
+    min_box_visible_fraction: float = Field(0.5, gt=0.0, le=1.0, description="a box keeps >= this share of its area after the crop")
+    long_expression_rate: float = Field(0.5, ge=0.0, le=1.0, description="stage 2: chance a box is described by its long expression")
+    max_logit_scale: float = Field(4.6052, gt=0.0, description="cap of every log inverse temperature (ln 100)")
+    precision: Literal["bf16", "fp32"] = "bf16"
+    zero_stage: int = Field(2, ge=1, le=2, description="ZeRO stage (1 or 2; the export reads ZeRO partitions)")
+    tf32: bool = True
+    workers: int = Field(2, ge=0, description="DataLoader workers per rank")
+    prefetch_factor: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(256, ge=1, description="samples per worker")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    log_skipped_samples: int = Field(20, ge=0, description="per worker, one log line each; the rest are only counted")
+    experiment: str = "fgclip-train"
+    log_system_metrics: bool = True
+    dist_timeout_s: int = Field(1800, ge=10)
+    torch_extensions_dir: str = Field(".cache/torch_extensions", description="used when TORCH_EXTENSIONS_DIR is unset")
+    cpu_shm_comm: bool = Field(False, description="DeepSpeed's compiled shared-memory CPU collectives (a one-time C++ build)")
+
+    def recipe_for(self, stage: int) -> StageRecipe:
+        recipes = self.demo if self.recipe == "demo" else self
+        return recipes.stage1 if stage == 1 else recipes.stage2
+
+
+class EvalConfig(Section):
+    """`fgclip eval`: held-out demo tasks (FG-OVD style, box classification, long/short
+    retrieval, zero-shot) and, when given, the FG-OVD benchmark."""
+
+    experiment: str = "fgclip-eval"
+    batch_size: int = Field(32, ge=1, description="images or texts per forward pass")
+    device: str = Field("auto", description="'auto' (cuda, then npu, then cpu) or a torch device such as cuda:1")
+    seed: int = Field(11, description="seeds the demo FG-OVD negatives and the held-out long captions")
+    negatives_per_region: int = Field(10, ge=1, description="demo FG-OVD: hard negatives per positive (the benchmark has 10)")
+    retrieval_ks: tuple[int, ...] = Field((1, 5, 10), min_length=1, description="recall@k of the retrieval tasks")
+    box_prompt: str = Field("a photo of a {}.", description="box classification prompt; {} is the shape name")
+    zero_shot_templates: tuple[str, ...] = Field(
+        ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a drawing of a {}.", "a {} shape.",
+         "a simple graphic of a {}."),
+        min_length=1, description="zero-shot prompt ensemble; {} is the shape name")
+    fgovd_difficulties: tuple[Literal["hard", "medium", "easy", "trivial"], ...] = ("hard", "medium", "easy", "trivial")
+    fgovd_max_items: int | None = Field(None, ge=1, description="first N items per difficulty (quick runs); None: all")
+    fgovd_allow_missing_images: bool = Field(False, description="score the items whose COCO image exists instead of failing")
+    plot_dpi: int = Field(100, ge=50)
+
+    @model_validator(mode="after")
+    def _templates(self) -> "EvalConfig":
+        for template in (self.box_prompt, *self.zero_shot_templates):
+            if template.count("{}") != 1:
+                raise ValueError(f"eval prompt {template!r} must hold exactly one '{{}}' for the class name")
+        if any(k < 1 for k in self.retrieval_ks):
+            raise ValueError("eval.retrieval_ks must be positive")
+        return self
 
 
 class TrackingConfig(Section):
@@ -98,6 +299,11 @@ class TrackingConfig(Section):
     enabled: bool = True
 
 
+# The `register` section name shadows ABCMeta.register (pydantic models are ABCs);
+# only the section is ever read through it, so the import-time warning is noise.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class Params(Section):
     seed: int = 0
     demo: DemoWorldConfig = DemoWorldConfig()
@@ -106,6 +312,10 @@ class Params(Section):
     negatives: NegativesConfig = NegativesConfig()
     qc: QCConfig = QCConfig()
     tracking: TrackingConfig = TrackingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    register: RegisterConfig = RegisterConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

@@ -98,6 +98,7 @@ class RawShardReader:
         self.decode_images = decode_images
         self.rejects: list[Reject] = []
         self.members_read = 0
+        self._bad_keys: set[str] = set()  # dotted or invalid keys already rejected: one reject per sample
 
     def _reject(self, key: str | None, reason: str, detail: str, *, member: str | None = None, dropped: bool = True) -> None:
         item = Reject(self.shard, key, reason, detail, member=member, dropped=dropped)
@@ -108,6 +109,7 @@ class RawShardReader:
         seen: set[str] = set()
         group_key: str | None = None
         group: dict[str, bytes] = {}
+        reading: str | None = None  # key of the member whose data is being read
         try:
             with open(self.path, "rb") as handle:
                 if handle.read(1) == b"":
@@ -117,7 +119,9 @@ class RawShardReader:
                 with tarfile.open(fileobj=handle, mode="r|*") as archive:
                     for member in archive:
                         self.members_read += 1
+                        reading = split_member_name(member.name)[0]
                         entry = self._accept_member(archive, member)
+                        reading = None
                         if entry is None:
                             continue
                         key, ext, data = entry
@@ -131,19 +135,36 @@ class RawShardReader:
                             self._reject(key, "duplicate_member", f"second '{ext}' member ignored", member=member.name, dropped=False)
                             continue
                         group[ext] = data
+                    cut = self._cut_header(handle, archive)
         except (tarfile.TarError, EOFError, OSError) as error:
             detail = f"archive unreadable after {self.members_read} members: {error}"
-            if group_key is not None:
-                self._reject(group_key, "truncated_tar", detail)
-            else:
-                self._reject(None, "truncated_tar", detail)
+            if group_key is not None and reading not in (None, group_key):
+                # the cut is in the next sample's first member: the pending sample is whole
+                sample = self._finish(group_key, group, seen)
+                if sample is not None:
+                    yield sample
+                group_key = reading
+            self._reject(group_key, "truncated_tar", detail)
             return
+        if cut:
+            # tarfile ends a stream silently at a cut or invalid header; say so
+            self._reject(None, "truncated_tar", f"archive ends after {self.members_read} members without an end-of-archive block; later samples are lost")
         if group_key is not None:
             sample = self._finish(group_key, group, seen)
             if sample is not None:
                 yield sample
         if self.members_read == 0:
             self._reject(None, "empty_shard", f"{self.path.name} holds no members")
+
+    @staticmethod
+    def _cut_header(handle: Any, archive: tarfile.TarFile) -> bool:
+        """True when the block after the last member is not a whole zero block (the
+        end-of-archive marker), i.e. the file was cut at or inside a header."""
+        if getattr(archive.fileobj, "comptype", "tar") != "tar":
+            return False  # compressed: the decompressor itself reports a cut stream
+        handle.seek(archive.offset)
+        block = handle.read(tarfile.BLOCKSIZE)
+        return len(block) < tarfile.BLOCKSIZE or block.count(0) != len(block)
 
     def _accept_member(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, str, bytes] | None:
         name = member.name
@@ -164,12 +185,16 @@ class RawShardReader:
             last = ext.rsplit(".", 1)[-1]
             if "." in ext and last in KNOWN_EXTS:
                 dotted = f"{key}.{ext.rsplit('.', 1)[0]}"
-                self._reject(dotted, "dotted_key", f"key {dotted!r} contains a dot; webdataset ends keys at the first dot, so it would be read as key {key!r}", member=name)
+                if dotted not in self._bad_keys:
+                    self._bad_keys.add(dotted)
+                    self._reject(dotted, "dotted_key", f"key {dotted!r} contains a dot; webdataset ends keys at the first dot, so it would be read as key {key!r}", member=name)
                 return None
             self._reject(key, "unknown_member", f"member {name!r} has unknown extension {ext!r}; ignored", member=name, dropped=False)
             return None
         if not KEY_PATTERN.match(key):
-            self._reject(key, "invalid_key", f"key {key!r} does not match {KEY_PATTERN.pattern}", member=name)
+            if key not in self._bad_keys:
+                self._bad_keys.add(key)
+                self._reject(key, "invalid_key", f"key {key!r} does not match {KEY_PATTERN.pattern}", member=name)
             return None
         return key, ext, data
 

@@ -14,6 +14,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def local_path(url: str | Path) -> Path:
     """The local path of a plain path or file:// URL; other schemes are not local."""
     text = str(url)
@@ -28,6 +37,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
