@@ -22,6 +22,8 @@ COMPONENTS: dict[str, str] = {
     "negatives": "fgclip.negatives",
     "qc": "fgclip.qc",
     "finehard": "fgclip.finehard",
+    "init-model": "fgclip.train.init_model",
+    "train": "fgclip.train.command",
     "register": "fgclip.register",
     "eval": "fgclip.evaluate",
     "eval-table": "fgclip.eval_table",

@@ -28,7 +28,9 @@ def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 def _tiny_params(base: dict) -> dict:
     params = json.loads(json.dumps(base))
     params["demo"].update(train_shards=2, heldout_shards=1, samples_per_shard=12)
-    params["qc"].update(sample_size=40, gallery_items=10)
+    # 40 items cannot bound the noise under 5% at 95% confidence; the gate test below
+    # raises the injected error rate far past this threshold instead.
+    params["qc"].update(sample_size=40, gallery_items=10, max_noise_upper=0.2)
     return params
 
 
@@ -89,3 +91,15 @@ def test_mlflow_has_a_run_per_stage_with_dataset_input(project: Path) -> None:
     outs = {o["path"]: o["md5"] for o in lock["stages"]["demo_world"]["outs"]}
     assert recaption.data.tags["dataset.images.digest"] == outs["data/demo/train/images"]
     assert recaption.data.metrics["items_out"] > 0
+
+
+def test_high_injected_error_rate_fails_the_qc_gate(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["recaption"]["demo"]["attribute_error_rate"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = _run(["dvc", "repro", "qc"], project, check=False)
+    assert result.returncode != 0
+    assert "QC gate failed: noise upper bound" in result.stderr + result.stdout
+    report = json.loads((project / "reports/qc/report.json").read_text())
+    assert report["gate"]["passed"] is False
+    assert report["truth"]["true_rate"] > 0.2
