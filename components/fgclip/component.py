@@ -4,25 +4,56 @@ counts as a DVC metrics file."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fgclip.config import Params
+from fgclip.shards import list_shards
 from fgclip.stage import ShardStage, StageSummary, run_stage
 from fgclip.storage import write_text_atomic
 from fgclip.tracking import Tracker, tracked_run
 
 
+def add_shard_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", nargs="+", default=None, metavar="NNNNN",
+                        help="only these shards, e.g. one group of a fan-out (default: all)")
+
+
+def select_shards(folder: str | Path, requested: Sequence[str] | None, suffix: str = ".tar",
+                  hint: str = "") -> tuple[list[str], bool]:
+    """(shards to run, whether they are all of them) from the shards present in `folder`."""
+    from fgclip.cli import ComponentError
+
+    try:
+        available = list_shards(folder, suffix=suffix)
+    except FileNotFoundError as error:
+        raise ComponentError(str(error)) from error
+    if not available:
+        raise ComponentError(f"no shards (NNNNN{suffix}) in {folder}{'; ' + hint if hint else ''}")
+    if not requested:
+        return available, True
+    unknown = sorted(set(requested) - set(available))
+    if unknown:
+        raise ComponentError(f"shards {unknown} are not in {folder}")
+    chosen = sorted(set(requested))
+    return chosen, chosen == available
+
+
 def run_tracked_stage(stage: ShardStage, *, params: Params, shards: list[str], out: str | Path,
                       report: str | Path | None, inputs: dict[str, str | Path], progress: bool = True,
-                      extra_params: dict[str, Any] | None = None) -> tuple[StageSummary, Tracker]:
-    """Run `stage` over `shards`; returns the summary (the MLflow run is closed)."""
+                      prune: bool = True, extra_params: dict[str, Any] | None = None) -> tuple[StageSummary, Tracker]:
+    """Run `stage` over `shards`; returns the summary (the MLflow run is closed).
+
+    Pass prune=False when `shards` is only part of the input (see stage.run_stage)."""
     with tracked_run(params.tracking, stage.name, tags={"component": stage.name}) as tracker:
         tracker.log_params({"stage": stage.name, "settings": stage.settings(), **(extra_params or {})})
         for name, path in inputs.items():
             tracker.log_dataset(path, name)
-        summary = run_stage(stage, shards, out, progress=progress)
+        tracker.log_params({"shards": ",".join(shards) if not prune else "all"})
+        summary = run_stage(stage, shards, out, progress=progress, prune=prune)
         counts = summary.as_dict()
         tracker.log_metrics({k: v for k, v in counts.items() if k not in ("rejected", "ignored")})
         tracker.log_metrics({f"rejected.{k}": v for k, v in counts["rejected"].items()})

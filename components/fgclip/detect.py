@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fgclip import boxes, schema
-from fgclip.component import run_tracked_stage
+from fgclip.component import add_shard_selection, run_tracked_stage
 from fgclip.config import DetectConfig, Params
 from fgclip.expressions import (Expression, ExpressionExtractor, build_extractor, head_noun, location_words, noun_lemma,
                                 tokenize)
@@ -409,18 +409,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", default=None, help="demo world truth sidecars (only the demo teacher reads them)")
     parser.add_argument("--out", required=True, help="output folder for regions records")
     parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
+    add_shard_selection(parser)
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
+    from fgclip.component import select_shards
 
+    shards, every_shard = select_shards(args.images, args.shards)
     try:
-        shards = list_shards(args.images)
         stage = DetectStage(args.images, args.captions, args.truth, params.detect, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
-    if not shards:
-        raise ComponentError(f"no image shards (NNNNN.tar) in {args.images}")
     missing = sorted(str(path) for shard in shards for path in stage.shard_inputs(shard).values() if not path.is_file())
     if missing:
         raise ComponentError(f"{len(missing)} input file(s) missing, e.g. {', '.join(missing[:3])}")
@@ -428,6 +428,6 @@ def command(args: argparse.Namespace, params: Params) -> int:
     if "truth" in stage.shard_inputs(shards[0]):
         inputs["truth"] = args.truth
     summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs=inputs, progress=not args.no_progress)
+                                   inputs=inputs, progress=not args.no_progress, prune=every_shard)
     log.info("detect: %d samples in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored))
     return 0

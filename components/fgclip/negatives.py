@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fgclip import schema
-from fgclip.component import run_tracked_stage
+from fgclip.component import add_shard_selection, run_tracked_stage
 from fgclip.config import NegativesConfig, Params
 from fgclip.expressions import head_noun, noun_lemma, rules_digest, tokenize
 from fgclip.lexicon import ATTRIBUTE_LEXICON, OBJECT_NOUNS, attribute_class
@@ -366,21 +366,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regions", required=True, help="regions records folder (detect output)")
     parser.add_argument("--out", required=True, help="output folder for negatives records")
     parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
+    add_shard_selection(parser)
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
+    from fgclip.component import select_shards
 
+    # The regions stage's manifests name its finished shards; a shard without one is
+    # not finished and must not be read.
+    shards, every_shard = select_shards(args.regions, args.shards, suffix=".manifest.json",
+                                        hint="run detect first")
     try:
-        # The regions stage's manifests name its finished shards; a shard without one is
-        # not finished and must not be read.
-        shards = list_shards(args.regions, suffix=".manifest.json")
         stage = NegativesStage(args.regions, params.negatives, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
-    if not shards:
-        raise ComponentError(f"no finished regions shards (NNNNN.manifest.json) in {args.regions}; run detect first")
     summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs={"regions": args.regions}, progress=not args.no_progress)
+                                   inputs={"regions": args.regions}, progress=not args.no_progress, prune=every_shard)
     log.info("negatives: %d records in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored))
     return 0

@@ -34,6 +34,7 @@ from typing import Any
 from fgclip.config import DemoRecaptionTeacher, Params, RecaptionConfig
 from fgclip.demo_world import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
+from fgclip.component import add_shard_selection
 from fgclip.shards import RawSample, RawShardReader, Reject, list_shards, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
@@ -422,31 +423,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", default=None, help="demo world truth folder (needed by the demo backend)")
     parser.add_argument("--out", required=True, help="output folder for caption records")
     parser.add_argument("--report", default=None, help="write the counts here as JSON (DVC metrics)")
-    parser.add_argument("--shards", nargs="+", default=None, metavar="NNNNN", help="only these shards (default: all)")
+    add_shard_selection(parser)
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
-    from fgclip.component import run_tracked_stage
+    from fgclip.component import run_tracked_stage, select_shards
 
-    try:
-        available = list_shards(args.images)
-    except FileNotFoundError as error:
-        raise ComponentError(str(error)) from error
-    if not available:
-        raise ComponentError(f"no image shards (NNNNN.tar) in {args.images}")
-    shards = available
-    if args.shards:
-        unknown = sorted(set(args.shards) - set(available))
-        if unknown:
-            raise ComponentError(f"shards {unknown} are not in {args.images}")
-        shards = sorted(set(args.shards))
+    shards, every_shard = select_shards(args.images, args.shards)
     try:
         stage = RecaptionStage(args.images, args.truth, params.recaption, params.seed)
     except ValueError as error:
         raise ComponentError(str(error)) from error
     inputs = {"images": args.images, **({"truth": args.truth} if args.truth else {})}
     summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs=inputs, progress=not args.no_progress)
+                                   inputs=inputs, progress=not args.no_progress, prune=every_shard)
     print(json.dumps(summary.as_dict()))
     return 0

@@ -135,11 +135,17 @@ def _count(summary: StageSummary, rejects: list[dict[str, Any]]) -> None:
         (summary.rejected if item["dropped"] else summary.ignored)[item["reason"]] += 1
 
 
-def run_stage(stage: ShardStage, shards: list[str], out_dir: str | Path, *, progress: bool = True) -> StageSummary:
-    """Run `stage` over `shards`, writing into `out_dir`; returns the counts."""
+def run_stage(stage: ShardStage, shards: list[str], out_dir: str | Path, *, progress: bool = True,
+              prune: bool = True) -> StageSummary:
+    """Run `stage` over `shards`, writing into `out_dir`; returns the counts.
+
+    `prune` removes outputs of shards that are not in `shards`: right when `shards` is the
+    whole input, wrong when it is one group of a fan-out (the other groups' work).
+    """
     out = local_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, set(shards))
+    if prune:
+        _remove_stale(out, set(shards))
     settings = stage.settings()
     summary = StageSummary(stage.name)
     started = time.perf_counter()

@@ -194,3 +194,12 @@ def test_leftover_temp_files_are_never_outputs(tmp_path: Path, inputs: Path, ref
     assert {name: after[name] for name in leftovers} == leftovers
     again, counts = run(inputs, out)
     assert again.processed == [] and counts["shards_skipped"] == 4 and counts["shards"] == 4
+
+
+def test_fan_out_groups_share_one_output_folder(tmp_path: Path, inputs: Path, reference: dict[str, bytes]) -> None:
+    """Shard groups run one by one (as mapped Airflow tasks do) without pruning each
+    other's outputs, and together equal one run over every shard."""
+    out = tmp_path / "out"
+    for group in (SHARDS[:2], SHARDS[2:]):
+        run_stage(UpperCase(inputs), group, out, progress=False, prune=False)
+    assert snapshot(out) == reference

@@ -236,7 +236,7 @@ def test_stage_with_fake_backend_writes_records_and_counts(tmp_path):
 def test_command_runs_the_stage_and_writes_the_report(tmp_path):
     images, caps, truth = make_world(tmp_path, {"k0": CAPTION})
     params = load_params(None, {"tracking.enabled": False})
-    args = argparse.Namespace(images=str(images), captions=str(caps), truth=str(truth), out=str(tmp_path / "out"),
+    args = argparse.Namespace(shards=None, images=str(images), captions=str(caps), truth=str(truth), out=str(tmp_path / "out"),
                               report=str(tmp_path / "report.json"), no_progress=True)
     assert detect.command(args, params) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -248,7 +248,7 @@ def test_command_reports_missing_truth(tmp_path):
 
     images, caps, _ = make_world(tmp_path, {"k0": CAPTION})
     params = load_params(None, {"tracking.enabled": False})
-    args = argparse.Namespace(images=str(images), captions=str(caps), truth=None, out=str(tmp_path / "out"), report=None, no_progress=True)
+    args = argparse.Namespace(shards=None, images=str(images), captions=str(caps), truth=None, out=str(tmp_path / "out"), report=None, no_progress=True)
     with pytest.raises(ComponentError, match="truth"):
         detect.command(args, params)
     args.truth = str(tmp_path / "elsewhere")

@@ -194,7 +194,7 @@ class RecordsStage(ShardStage):
 def test_command_reads_finished_shards_and_writes_the_report(tmp_path):
     run_stage(RecordsStage([regions_record("k0", "red circle")]), ["00000"], tmp_path / "regions", progress=False)
     params = load_params(None, {"tracking.enabled": False})
-    args = argparse.Namespace(regions=str(tmp_path / "regions"), out=str(tmp_path / "out"),
+    args = argparse.Namespace(shards=None, regions=str(tmp_path / "regions"), out=str(tmp_path / "out"),
                               report=str(tmp_path / "report.json"), no_progress=True)
     assert negatives.command(args, params) == 0
     assert json.loads((tmp_path / "report.json").read_text())["items_out"] == 1
@@ -206,7 +206,7 @@ def test_command_without_finished_shards_fails_clearly(tmp_path):
     from fgclip.cli import ComponentError
 
     (tmp_path / "regions").mkdir()
-    args = argparse.Namespace(regions=str(tmp_path / "regions"), out=str(tmp_path / "out"), report=None, no_progress=True)
+    args = argparse.Namespace(shards=None, regions=str(tmp_path / "regions"), out=str(tmp_path / "out"), report=None, no_progress=True)
     with pytest.raises(ComponentError, match="run detect first"):
         negatives.command(args, load_params(None, {"tracking.enabled": False}))
 
