@@ -7,7 +7,6 @@ instead of silently running with a default.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,7 +165,14 @@ class RegisterConfig(Section):
     metric_tag_prefix: str = Field("metric.", description="model-version tags holding a version's eval metrics")
     artifact_name: str = "model"
     predict_batch_size: int = Field(32, ge=1, description="rows per forward pass when the logged model embeds")
-    predict_device: str = Field("auto", description="'auto' (cuda when present, else cpu), or a torch device")
+    predict_device: str = Field("auto", description="'auto' (cuda, then Ascend npu, else cpu), or a torch device")
+
+    @model_validator(mode="after")
+    def _lower_is_better_is_gated(self) -> "RegisterConfig":
+        unknown = sorted(set(self.lower_is_better) - set(self.gate))
+        if unknown:  # most likely a typo: the metric would silently be judged higher-is-better
+            raise ValueError(f"registry.lower_is_better names metrics that are not gated: {unknown}")
+        return self
 
 
 class DemoModelSpec(Section):
@@ -279,6 +285,9 @@ class EvalConfig(Section):
     fgovd_difficulties: tuple[Literal["hard", "medium", "easy", "trivial"], ...] = ("hard", "medium", "easy", "trivial")
     fgovd_max_items: int | None = Field(None, ge=1, description="first N items per difficulty (quick runs); None: all")
     fgovd_allow_missing_images: bool = Field(False, description="score the items whose COCO image exists instead of failing")
+    global_view: Literal["processor", "whole"] = Field(
+        "processor", description="global image features from the processor's resize + centre crop (as in training), "
+                                 "or from the whole image resized to a square (one pass shared with the regions)")
     plot_dpi: int = Field(100, ge=50)
 
     @model_validator(mode="after")
@@ -299,11 +308,6 @@ class TrackingConfig(Section):
     enabled: bool = True
 
 
-# The `register` section name shadows ABCMeta.register (pydantic models are ABCs);
-# only the section is ever read through it, so the import-time warning is noise.
-warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
-
-
 class Params(Section):
     seed: int = 0
     demo: DemoWorldConfig = DemoWorldConfig()
@@ -314,7 +318,7 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    register: RegisterConfig = RegisterConfig()
+    registry: RegisterConfig = RegisterConfig()
     eval: EvalConfig = EvalConfig()
 
 
