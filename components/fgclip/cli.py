@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import yaml
+
 from fgclip.config import load_params, parse_override
 
 COMPONENTS: dict[str, str] = {
@@ -54,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        params = load_params(args.params, dict(parse_override(item) for item in args.overrides))
+        try:
+            params = load_params(args.params, dict(parse_override(item) for item in args.overrides))
+        except (ValueError, yaml.YAMLError) as error:  # pydantic's ValidationError is a ValueError
+            raise ComponentError(f"invalid params ({args.params}, --set): {error}") from error
         return int(args._module.command(args, params) or 0)
     except ComponentError as error:
         logging.getLogger("fgclip").error("%s", error)

@@ -720,10 +720,15 @@ def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 def write_outputs(result: QCResult, out_dir: str | Path, *, images_dir: str | Path, config: QCConfig,
                   human_labels: bool = False, progress: bool = True) -> dict[str, Path]:
-    """report.json, metrics.json, noise_by_shard.csv, sample.jsonl and gallery/index.html."""
+    """report.json, metrics.json, gate.json, noise_by_shard.csv, sample.jsonl and gallery/index.html.
+
+    gate.json holds only the gate's outcome: training depends on it in dvc.yaml, so
+    training waits for a passed gate without rerunning when only QC's sampling changes.
+    """
     out = local_path(out_dir)
-    paths = {"report": out / "report.json", "metrics": out / "metrics.json", "noise_by_shard": out / "noise_by_shard.csv",
-             "sample": out / "sample.jsonl", "gallery": out / "gallery"}
+    paths = {"report": out / "report.json", "metrics": out / "metrics.json", "gate": out / "gate.json",
+             "noise_by_shard": out / "noise_by_shard.csv", "sample": out / "sample.jsonl", "gallery": out / "gallery"}
+    write_text_atomic(paths["gate"], json.dumps({"passed": result.gate.passed}) + "\n")
     write_text_atomic(paths["report"], json.dumps(result.report, indent=2) + "\n")
     write_text_atomic(paths["metrics"], json.dumps(result.metrics, indent=2) + "\n")
     write_text_atomic(paths["noise_by_shard"], _csv(result.by_shard, ("shard", "sampled", "reviewed", "noisy", "rate")))

@@ -132,9 +132,19 @@ def tracked_run(config: TrackingConfig, run_name: str, *, experiment: str | None
         return
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(config))
-    mlflow.set_experiment(experiment or config.experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
-        tracker = Tracker(mlflow)
-        log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, tracking_uri(config))
-        yield tracker
+    uri = tracking_uri(config)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the caller's value
+    # back afterwards, or the first run in a process would pin the URI of every later one.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment or config.experiment)
+        with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+            tracker = Tracker(mlflow)
+            log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, uri)
+            yield tracker
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous

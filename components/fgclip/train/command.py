@@ -1,0 +1,66 @@
+"""`fgclip train`: one FG-CLIP training stage (1: global; 2: + regional + hard negatives).
+
+Single process: `fgclip train --stage 1 ...`. Several processes or nodes: launch the same
+command with torchrun (or a Kubernetes training operator), e.g.
+`torchrun --nproc_per_node=8 -m fgclip.cli train --stage 1 ...`; RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT come from the launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fgclip.config import Params
+
+HELP = "train FG-CLIP, stage 1 (global) or stage 2 (+ regional + hard negatives), with DeepSpeed ZeRO-2"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--init", required=True, help="FG-CLIP checkpoint to start from (models/base, models/stage1)")
+    parser.add_argument("--images", required=True, help="image shard folder (NNNNN.tar)")
+    parser.add_argument("--captions", required=True, help="captions stage folder (long captions)")
+    parser.add_argument("--regions", default=None, help="regions stage folder (stage 2)")
+    parser.add_argument("--negatives", default=None, help="negatives stage folder (stage 2)")
+    parser.add_argument("--out", required=True, help="output folder: the final model (HF format) and checkpoints/")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT/checkpoints)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                        help="checkpoint and stop after step N without changing the schedule (resume later)")
+
+
+def command(args: argparse.Namespace, params: Params) -> int:
+    from fgclip.cli import ComponentError
+    from fgclip.train.examples import AnnotationDirs
+    from fgclip.train.loop import TrainingError, TrainJob, run_training
+
+    if args.stage == 2 and not args.regions:
+        raise ComponentError("--stage 2 needs --regions (and --negatives for the hard-negative loss)")
+    if args.stop_after_steps is not None and args.stop_after_steps < 1:
+        raise ComponentError("--stop-after-steps must be >= 1")
+    job = TrainJob(
+        stage=args.stage,
+        init=args.init,
+        images=args.images,
+        annotations=AnnotationDirs(args.captions, args.regions if args.stage == 2 else None,
+                                   args.negatives if args.stage == 2 else None),
+        out=args.out,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        stop_after_steps=args.stop_after_steps,
+    )
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight loading / saving bars
+    try:
+        result = run_training(job, params, progress=not args.no_progress)
+    except TrainingError as error:
+        raise ComponentError(str(error)) from error
+    if not result.is_main:
+        return 0
+    state = "finished" if result.finished else "stopped"
+    print(f"stage {args.stage} {state} at step {result.step}/{result.total_steps} "
+          f"in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s)"
+          + (f"; model in {result.final_dir}" if result.final_dir else ""))
+    return 0
