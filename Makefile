@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # DeepSpeed compiles its CPU ops once; keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
-.PHONY: demo test env clean-demo
+.PHONY: demo test env clean-demo airflow
 
 env: $(VENV)/.installed
 
@@ -23,16 +23,45 @@ demo: env
 	@start=$$(date +%s); \
 	dvc repro && \
 	echo && echo "== pipeline finished in $$(( $$(date +%s) - start )) s ==" && \
-	dvc metrics show && \
-	echo && \
+	python -c 'import json; print(json.load(open("reports/qc/report.json"))["gate"]["message"])' && echo && \
+	fgclip eval-table --reports reports/eval/stage1 reports/eval/stage2 && echo && \
+	python -c 'import json; d = json.load(open("reports/register.json")); print("registry:", d["name"], "v" + d["version"], d["decision"], "-", d["reason"], "- champion: v" + str(d["champion_after"]))' && echo && \
 	echo "image shards + truth : data/demo/{train,heldout}/" && \
 	echo "stage outputs        : data/build/{captions,regions,negatives}/  (rejects: *.rejects.jsonl)" && \
-	echo "QC report            : reports/qc/report.json" && \
+	echo "QC report            : reports/qc/report.json  (all metrics: dvc metrics show)" && \
 	echo "QC review gallery    : reports/qc/gallery/index.html" && \
-	echo "MLflow runs          : $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
+	echo "models               : models/{base,stage1,stage2}/  (Hugging Face format)" && \
+	echo "evaluation           : reports/eval/{stage1,stage2}/metrics.json, metrics.png" && \
+	echo "MLflow runs + models : $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
 test: env
 	$(BIN)/python -m pytest -q
 
 clean-demo:
-	rm -rf data reports mlflow.db mlruns
+	rm -rf data reports models mlflow.db mlruns
+
+# `make airflow`: the Airflow UI on the embedded default: `airflow standalone` (scheduler,
+# API server, DAG processor and triggerer in one command) with the DAGs of dags/, its state
+# in .airflow/, and the `local` runtime (each task runs its stage command on this machine).
+# Another port: make airflow AIRFLOW_PORT=8090
+AIRFLOW_PORT ?= 8080
+AIRFLOW_DIR := $(abspath .airflow)
+AIRFLOW_PASSWORDS := $(AIRFLOW_DIR)/passwords.json
+airflow: export AIRFLOW_HOME := $(AIRFLOW_DIR)
+airflow: export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
+airflow: export AIRFLOW__CORE__LOAD_EXAMPLES := False
+airflow: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+airflow: export AIRFLOW__CORE__PARALLELISM := 4
+airflow: export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
+airflow: export AIRFLOW__API__BASE_URL := http://localhost:$(AIRFLOW_PORT)
+airflow: export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://localhost:$(AIRFLOW_PORT)/execution/
+airflow: export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
+airflow: export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE := $(AIRFLOW_PASSWORDS)
+airflow: env
+	@mkdir -p $(AIRFLOW_DIR)
+	@test -s $(AIRFLOW_PASSWORDS) || $(BIN)/python -c \
+		"import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
+	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)   user: admin   password:" \
+		"$$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"
+	@echo "Trigger fgclip_data_build (the play button, then the form); fgclip_train follows on its dataset. Ctrl-C stops."
+	airflow standalone

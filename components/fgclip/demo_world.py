@@ -199,11 +199,16 @@ def sample_scene(config: DemoWorldConfig, split: str, key: str) -> Scene:
     shorter = min(config.image_width, config.image_height)
     objects: list[SceneObject] = []
     seen: set[tuple[str, str, str, str]] = set()
+    # A scene draws its objects' colours and patterns from small palettes: objects that
+    # share them can only be told apart by shape or size, so region-level training has to
+    # learn shapes too instead of separating every region by colour alone.
+    palette = tuple(rng.sample(tuple(COLOURS), min(config.scene_colours, len(COLOURS))))
+    fills = tuple(rng.sample(PATTERNS, min(config.scene_patterns, len(PATTERNS))))
     for _ in range(rng.randint(config.min_objects, config.max_objects)):
         size = LARGE if rng.random() < config.large_rate else SMALL
         low, high = config.large_side if size == LARGE else config.small_side
         side = round(rng.uniform(low, high) * shorter)
-        attributes = (size, rng.choice(tuple(COLOURS)), rng.choice(PATTERNS), rng.choice(SHAPES))
+        attributes = (size, rng.choice(palette), rng.choice(fills), rng.choice(SHAPES))
         if attributes in seen:
             continue  # two identical objects could not be told apart by any caption
         placed = _place(config, rng, attributes[3], side, [o.box for o in objects])

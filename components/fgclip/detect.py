@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fgclip import boxes, schema
+from fgclip.backends import BackendRegistry
 from fgclip.component import add_shard_selection, run_tracked_stage
 from fgclip.config import DetectConfig, Params
 from fgclip.expressions import (Expression, ExpressionExtractor, build_extractor, head_noun, location_words, noun_lemma,
@@ -86,25 +87,13 @@ class Detector(ABC):
 
 
 DetectorFactory = Callable[[DetectConfig, Path | None], Detector]
-DETECTORS: dict[str, DetectorFactory] = {}
-
-
-def register_detector(name: str) -> Callable[[DetectorFactory], DetectorFactory]:
-    """Register a factory `(config, truth_dir) -> Detector`; add the name to DetectConfig.backend too."""
-    def decorate(factory: DetectorFactory) -> DetectorFactory:
-        if name in DETECTORS:
-            raise ValueError(f"detector backend {name!r} is registered twice")
-        DETECTORS[name] = factory
-        return factory
-    return decorate
+DETECTORS: BackendRegistry[DetectorFactory] = BackendRegistry("detector backend")
+register_detector = DETECTORS.register
 
 
 def build_detector(config: DetectConfig, truth_dir: str | Path | None = None) -> Detector:
-    try:
-        factory = DETECTORS[config.backend]
-    except KeyError:
-        raise KeyError(f"unknown detector backend {config.backend!r}; known: {sorted(DETECTORS)}") from None
-    return factory(config, local_path(truth_dir) if truth_dir is not None else None)
+    """The configured detector; factories take `(config, truth_dir)`."""
+    return DETECTORS.factory(config.backend)(config, local_path(truth_dir) if truth_dir is not None else None)
 
 
 def sample_random(seed: int, key: str, index: int) -> random.Random:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fgclip.backends import BackendRegistry
 from fgclip.config import DetectConfig
 from fgclip.lexicon import ATTRIBUTE_LEXICON, DETERMINERS, OBJECT_NOUNS, attribute_class
 
@@ -49,25 +50,12 @@ class ExpressionExtractor(ABC):
 
 
 ExtractorFactory = Callable[[DetectConfig], ExpressionExtractor]
-EXTRACTORS: dict[str, ExtractorFactory] = {}
-
-
-def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
-    """Register a factory under `name`; add the name to DetectConfig.extractor too."""
-    def decorate(factory: ExtractorFactory) -> ExtractorFactory:
-        if name in EXTRACTORS:
-            raise ValueError(f"expression extractor {name!r} is registered twice")
-        EXTRACTORS[name] = factory
-        return factory
-    return decorate
+EXTRACTORS: BackendRegistry[ExtractorFactory] = BackendRegistry("expression extractor")
+register_extractor = EXTRACTORS.register
 
 
 def build_extractor(config: DetectConfig) -> ExpressionExtractor:
-    try:
-        factory = EXTRACTORS[config.extractor]
-    except KeyError:
-        raise KeyError(f"unknown expression extractor {config.extractor!r}; known: {sorted(EXTRACTORS)}") from None
-    return factory(config)
+    return EXTRACTORS.factory(config.extractor)(config)
 
 
 def rules_digest(*tables: Any) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fgclip import schema
+from fgclip.backends import BackendRegistry
 from fgclip.component import add_shard_selection, run_tracked_stage
 from fgclip.config import NegativesConfig, Params
 from fgclip.expressions import head_noun, noun_lemma, rules_digest, tokenize
@@ -146,25 +147,12 @@ class NegativeGenerator(ABC):
 
 
 GeneratorFactory = Callable[[NegativesConfig], NegativeGenerator]
-GENERATORS: dict[str, GeneratorFactory] = {}
-
-
-def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFactory]:
-    """Register a factory under `name`; add the name to NegativesConfig.backend too."""
-    def decorate(factory: GeneratorFactory) -> GeneratorFactory:
-        if name in GENERATORS:
-            raise ValueError(f"negative generator {name!r} is registered twice")
-        GENERATORS[name] = factory
-        return factory
-    return decorate
+GENERATORS: BackendRegistry[GeneratorFactory] = BackendRegistry("negative generator")
+register_generator = GENERATORS.register
 
 
 def build_generator(config: NegativesConfig) -> NegativeGenerator:
-    try:
-        factory = GENERATORS[config.backend]
-    except KeyError:
-        raise KeyError(f"unknown negative generator {config.backend!r}; known: {sorted(GENERATORS)}") from None
-    return factory(config)
+    return GENERATORS.factory(config.backend)(config)
 
 
 # ---------------------------------------------------------------- the rules generator

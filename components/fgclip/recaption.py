@@ -34,6 +34,7 @@ from typing import Any
 from fgclip.config import DemoRecaptionTeacher, Params, RecaptionConfig
 from fgclip.demo_world import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
+from fgclip.backends import BackendRegistry
 from fgclip.component import add_shard_selection
 from fgclip.shards import RawSample, RawShardReader, Reject, list_shards, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
@@ -99,21 +100,13 @@ class BackendResources:
 
 
 BackendFactory = Callable[[RecaptionConfig, BackendResources], CaptionBackend]
-BACKENDS: dict[str, BackendFactory] = {}
-
-
-def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    def register(factory: BackendFactory) -> BackendFactory:
-        BACKENDS[name] = factory
-        return factory
-    return register
+BACKENDS: BackendRegistry[BackendFactory] = BackendRegistry("recaption backend")
+register_backend = BACKENDS.register
 
 
 def make_backend(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
     """The configured backend; ValueError when it is unknown or misconfigured."""
-    if config.backend not in BACKENDS:
-        raise ValueError(f"unknown recaption backend {config.backend!r}; known: {sorted(BACKENDS)}")
-    return BACKENDS[config.backend](config, resources)
+    return BACKENDS.factory(config.backend)(config, resources)
 
 
 # ---------------------------------------------------------------- the stage

@@ -96,8 +96,9 @@ def test_stage2_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_p
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
     parts = result.losses[result.step]
     assert {"loss_global", "loss_regional", "loss_hard_negative"} <= set(parts)
-    assert parts["loss"] == pytest.approx(parts["loss_global"] + 0.1 * parts["loss_regional"]
-                                          + 0.5 * parts["loss_hard_negative"], rel=1e-5)
+    recipe = params.train.recipe_for(2)
+    assert parts["loss"] == pytest.approx(parts["loss_global"] + recipe.regional_weight * parts["loss_regional"]
+                                          + recipe.hard_weight * parts["loss_hard_negative"], rel=1e-5)
 
     model, info = FGCLIPModel.from_pretrained(result.final_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]

@@ -1,0 +1,89 @@
+"""The Airflow trigger form, built from the typed config.
+
+Each params.yaml key the config lists under `orchestration.data_form` / `train_form` becomes
+one form field whose JSON schema (type, enum, bounds) and help text come from the pydantic
+field, and whose default is the project's current value. So a backend added to the config's
+Literal shows up in the form's drop-down, and the form rejects what params.yaml would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from fgclip.config import Params
+from fgclip.orchestration.pipeline import PipelineError
+
+# JSON schema words the Airflow form understands; the rest of pydantic's output is noise there.
+_SCHEMA_WORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                 "minLength", "maxLength", "pattern", "items", "minItems", "maxItems", "format")
+
+
+def form_name(key: str) -> str:
+    """Form field name of a dotted params key: recaption.backend -> recaption_backend
+    (dots would read as nesting in the form)."""
+    return key.replace(".", "_")
+
+
+def _field(key: str) -> Any:
+    model: type[BaseModel] = Params
+    *parents, leaf = key.split(".")
+    for part in parents:
+        info = model.model_fields.get(part)
+        annotation = info.annotation if info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise PipelineError(f"form field {key!r}: {part!r} is not a config section")
+        model = annotation
+    info = model.model_fields.get(leaf)
+    if info is None:
+        raise PipelineError(f"form field {key!r}: the config has no key {leaf!r} there")
+    if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+        raise PipelineError(f"form field {key!r} is a whole section; list its keys instead")
+    return info
+
+
+def _simplify(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic writes `X | None` as anyOf; the form wants type: [x, "null"]."""
+    options = schema.get("anyOf")
+    if options and all(set(option) <= set(_SCHEMA_WORDS) for option in options):
+        merged: dict[str, Any] = {}
+        types: list[str] = []
+        for option in options:
+            kind = option.get("type")
+            types.extend(kind if isinstance(kind, list) else [kind])
+            merged.update({k: v for k, v in option.items() if k != "type"})
+        merged["type"] = types
+        schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **merged}
+    if "const" in schema:  # Literal with one member
+        schema = {**schema, "enum": [schema["const"]]}
+    return {k: v for k, v in schema.items() if k in _SCHEMA_WORDS}
+
+
+def _value(params: Params, key: str) -> Any:
+    node: Any = params.model_dump(mode="json")
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def form_fields(keys: Iterable[str], params: Params) -> dict[str, dict[str, Any]]:
+    """{form name: Param keyword arguments (default, title, description, JSON schema)}."""
+    fields: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        info = _field(key)
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        schema = _simplify(TypeAdapter(annotation).json_schema())
+        name = form_name(key)
+        if name in fields:
+            raise PipelineError(f"form fields {key!r} and {fields[name]['title']!r} share the name {name!r}")
+        fields[name] = {"default": _value(params, key), "title": key,
+                        "description": f"params.yaml {key}" + (f": {info.description}" if info.description else ""),
+                        **schema}
+    return fields
+
+
+def overrides(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """{dotted key: value} of the form's values for `keys` (missing values are left out)."""
+    return {key: values[form_name(key)] for key in keys if form_name(key) in values}

@@ -1,0 +1,108 @@
+"""A light lint of images/*/Dockerfile (no Docker engine here to build them): pinned base
+images, a non-root user, no secret-looking build settings, the `fgclip` entrypoint, and
+agreement with the `kubernetes` config and the project's pins."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fgclip.config import Params
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+FAMILIES = ("cpu", "gpu", "npu")
+SETTINGS = Params().kubernetes
+SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY)", re.IGNORECASE)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(IMAGES.glob("*/Dockerfile"))
+
+
+def test_one_dockerfile_per_family():
+    assert {path.parent.name for path in dockerfiles()} >= set(FAMILIES)
+
+
+def lint(path: Path) -> list[str]:
+    """What is wrong with a Dockerfile, as readable problems (none: fine)."""
+    steps = instructions(path)
+    problems = []
+    bases = [next(token for token in args.split() if not token.startswith("--")) for word, args in steps if word == "FROM"]
+    if not bases:
+        problems.append("no FROM")
+    for base in bases:
+        tag = base.rpartition("/")[2].partition(":")[2]
+        if not tag or tag == "latest" or "$" in base:
+            problems.append(f"base image {base!r} is not pinned by a tag")
+    users = [args for word, args in steps if word == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("the image must end as a non-root user")
+    for word, args in steps:
+        if word in ("ENV", "ARG"):
+            for name in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", args) or [args.split()[0]]:
+                if SECRET_NAME.search(name):
+                    problems.append(f"{word} {name}: credentials are never baked into an image")
+    return problems
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda path: path.parent.name)
+def test_dockerfile_lint(path):
+    assert lint(path) == []
+
+
+def test_lint_finds_the_problems(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nFROM --platform=linux/arm64 ubuntu AS build\n"
+                   "ENV AWS_SECRET_ACCESS_KEY=abc \\\n    OTHER=1\nARG HF_TOKEN\nUSER root\n")
+    problems = lint(bad)
+    assert len(problems) == 5, problems
+    assert any("'python:latest'" in p for p in problems) and any("'ubuntu'" in p for p in problems)
+    assert any("non-root" in p for p in problems)
+    assert any("AWS_SECRET_ACCESS_KEY" in p for p in problems) and any("HF_TOKEN" in p for p in problems)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_images_run_every_component_as_the_configured_user(family):
+    steps = instructions(IMAGES / family / "Dockerfile")
+    (entrypoint,) = [json.loads(args) for word, args in steps if word == "ENTRYPOINT"]
+    assert entrypoint == ["fgclip"]
+    workdirs = [args for word, args in steps if word == "WORKDIR"]
+    assert workdirs[-1] == SETTINGS.workspace_path
+    assert [args for word, args in steps if word == "USER"][-1] == f"{SETTINGS.run_as_user}:{SETTINGS.run_as_user}"
+    copies = " ".join(args for word, args in steps if word == "COPY")
+    assert "requirements.lock" in copies and "pyproject.toml" in copies and "components" in copies
+    torch_pin = next(dep for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+                     if dep.startswith("torch=="))
+    assert f"ARG TORCH_VERSION={torch_pin.split('==')[1]}" in [f"{w} {a}" for w, a in steps]
+    assert SETTINGS.images[family].split(":")[0].endswith(f"fgclip-{family}")
+
+
+def test_npu_image_has_torch_npu_on_cann():
+    steps = instructions(IMAGES / "npu" / "Dockerfile")
+    assert any(word == "FROM" and "cann" in args for word, args in steps)
+    assert any(word == "RUN" and "torch-npu==" in args for word, args in steps)
+
+
+def test_dockerignore_sends_only_what_installs_the_project():
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*", "start from nothing"
+    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert included == {"pyproject.toml", "requirements.lock", "README.md", "components"}

