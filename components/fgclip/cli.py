@@ -36,7 +36,10 @@ class ComponentError(Exception):
     """A failure the user can act on: printed as one clear line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The `fgclip` parser. When `argv` names a component, only that component's module
+    is imported (some import torch or MLflow, seconds a command should not pay for
+    another component); otherwise all are, so `fgclip --help` lists them with their help."""
     parser = argparse.ArgumentParser(prog="fgclip", description="FG-CLIP data building, training and evaluation components")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -44,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub = parser.add_subparsers(dest="component", required=True, metavar="component")
+    chosen = next((word for word in argv if word in COMPONENTS), None)
     for name, module_name in COMPONENTS.items():
+        if chosen is not None and name != chosen:
+            sub.add_parser(name)
+            continue
         module = importlib.import_module(module_name)
         child = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(child)
@@ -53,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         try:
