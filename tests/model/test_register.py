@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-mlflow = pytest.importorskip("mlflow")
+import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from fgclip.config import Params, RegisterConfig, TrackingConfig  # noqa: E402

@@ -3,7 +3,6 @@ runtimes, fast, and has the shape the project promises (form, fan-out, Asset).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,9 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-if importlib.util.find_spec("airflow") is None:
-    pytest.skip("apache-airflow is not installed", allow_module_level=True)
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 EXPECTED = {"fgclip_data_build", "fgclip_train"}
@@ -123,7 +119,6 @@ def test_train_is_scheduled_on_the_dataset_asset_and_gates_promotion(dagbag) -> 
 
 
 def test_the_kubernetes_runtime_parses_without_a_cluster(monkeypatch) -> None:
-    pytest.importorskip("fgclip.orchestration.kubernetes", reason="the Kubernetes runtime module is not there yet")
     monkeypatch.setenv("FGCLIP_RUNTIME", "kubernetes")
     bag = _dagbag()
     assert bag.import_errors == {}, "\n".join(bag.import_errors.values())
@@ -136,7 +131,6 @@ def test_the_kubernetes_runtime_parses_without_a_cluster(monkeypatch) -> None:
 
 
 def test_kubernetes_pods_get_the_forms_values_as_valid_set_flags(monkeypatch) -> None:
-    pytest.importorskip("fgclip.orchestration.kubernetes", reason="the Kubernetes runtime module is not there yet")
     from fgclip.config import load_params, parse_override
 
     monkeypatch.setenv("FGCLIP_RUNTIME", "kubernetes")

@@ -7,7 +7,6 @@ misread shows up as a difference.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import shutil
@@ -16,9 +15,6 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-
-if importlib.util.find_spec("airflow") is None:
-    pytest.skip("apache-airflow is not installed", allow_module_level=True)
 
 DATA_DAG, TRAIN_DAG = "fgclip_data_build", "fgclip_train"
 
@@ -149,7 +145,6 @@ def test_the_trigger_forms_set_params_their_stages_track(dags, dvc_stages, proje
 
 
 def test_kubernetes_pods_run_the_dvc_command_too(dvc_stages, project) -> None:
-    pytest.importorskip("fgclip.orchestration.kubernetes", reason="the Kubernetes runtime module is not there yet")
     from fgclip.orchestration import runtime
 
     for stage in project.pipeline.stages:
