@@ -22,7 +22,6 @@ output is byte-identical for the same config and independent of generation order
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from fgclip import demo_draw
 from fgclip.config import DemoWorldConfig, Params
 from fgclip.lexicon import COLOURS, PATTERNS, SHAPES, SIZES
+from fgclip.seeding import seeded_random
 from fgclip.shards import SHARD_PATTERN, ShardSample, write_image_shard, write_jsonl_atomic
 from fgclip.storage import local_path
 
@@ -122,12 +122,6 @@ class SplitSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "seconds": round(self.seconds, 3)}
-
-
-def seeded_random(*parts: Any) -> random.Random:
-    """A random stream that depends only on `parts` (not on Python's hash seed)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode("utf-8")).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def sample_key(split: str, index: int) -> str:

@@ -36,7 +36,8 @@ from fgclip.config import DetectConfig, Params
 from fgclip.expressions import (Expression, ExpressionExtractor, build_extractor, head_noun, location_words, noun_lemma,
                                 tokenize)
 from fgclip.lexicon import attribute_class
-from fgclip.shards import RawSample, RawShardReader, Reject, annotation_path, list_shards, read_jsonl
+from fgclip.seeding import keyed_random
+from fgclip.shards import RawSample, RawShardReader, Reject, annotation_path, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 
@@ -94,12 +95,6 @@ register_detector = DETECTORS.register
 def build_detector(config: DetectConfig, truth_dir: str | Path | None = None) -> Detector:
     """The configured detector; factories take `(config, truth_dir)`."""
     return DETECTORS.factory(config.backend)(config, local_path(truth_dir) if truth_dir is not None else None)
-
-
-def sample_random(seed: int, key: str, index: int) -> random.Random:
-    """The random stream of one expression of one sample. A str seed is hashed with
-    SHA-512 by `random.Random`, so it does not depend on PYTHONHASHSEED or on order."""
-    return random.Random(f"{seed}/{key}/{index}")
 
 
 # ---------------------------------------------------------------- the demo teacher
@@ -196,7 +191,7 @@ class DemoTeacherDetector(Detector):
         objects = truth.get("objects")
         if not isinstance(objects, list) or not all(_valid_truth_object(o) for o in objects):
             raise DetectorError(f"truth record of {context.key!r} has malformed objects (each needs a shape and a 4-number bbox)")
-        return [self._candidates(expression, objects, image.width, image.height, sample_random(context.seed, context.key, index))
+        return [self._candidates(expression, objects, image.width, image.height, keyed_random(context.seed, context.key, index))
                 for index, expression in enumerate(expressions)]
 
     def _low_score(self, rng: random.Random) -> float:

@@ -48,6 +48,7 @@ from fgclip import negatives as negatives_module
 from fgclip import recaption
 from fgclip.config import Params
 from fgclip.lexicon import SHAPES, attribute_class
+from fgclip.seeding import keyed_random
 from fgclip.shards import RawShardReader, Reject, list_shards, read_jsonl
 from fgclip.storage import local_path
 
@@ -365,7 +366,7 @@ def fgovd_demo_choices(world: HeldoutWorld, params: Params) -> tuple[list[Region
     for image, sample in enumerate(world.samples):
         for region, obj in enumerate(sample.objects):
             positive = attribute_phrase(obj)
-            rng = negatives_module.region_random(params.eval.seed, sample.key, obj["id"])
+            rng = keyed_random(params.eval.seed, sample.key, obj["id"])
             negatives = negatives_module.select_valid(positive, generator.generate(positive, count, rng), count)
             if not negatives:
                 log.warning("eval: no negatives for %r [%s]; question left out", positive, sample.key)

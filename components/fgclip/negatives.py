@@ -32,7 +32,8 @@ from fgclip.component import add_shard_selection, run_tracked_stage
 from fgclip.config import NegativesConfig, Params
 from fgclip.expressions import head_noun, noun_lemma, rules_digest, tokenize
 from fgclip.lexicon import ATTRIBUTE_LEXICON, OBJECT_NOUNS, attribute_class
-from fgclip.shards import Reject, annotation_path, list_shards, read_jsonl
+from fgclip.seeding import keyed_random
+from fgclip.shards import Reject, annotation_path, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 
@@ -291,12 +292,6 @@ def _rules_factory(config: NegativesConfig) -> NegativeGenerator:
 
 # ---------------------------------------------------------------- the stage
 
-def region_random(seed: int, key: str, index: int) -> random.Random:
-    """The random stream of one region. A str seed is hashed with SHA-512 by
-    `random.Random`, so it does not depend on PYTHONHASHSEED or on processing order."""
-    return random.Random(f"{seed}/{key}/{index}")
-
-
 class NegativesStage(ShardStage):
     name = STAGE
     record_kind = "negatives_record"
@@ -317,7 +312,7 @@ class NegativesStage(ShardStage):
     def negatives_for(self, key: str, index: int, positive: str) -> tuple[list[str], tuple[str, str] | None]:
         """(negatives, None) or ([], (reason, detail)) for one region."""
         try:
-            raw = self.generator.generate(positive, self.config.count, region_random(self.seed, key, index))
+            raw = self.generator.generate(positive, self.config.count, keyed_random(self.seed, key, index))
         except NegativeGenerationError as error:
             return [], ("negatives_failed", f"region {index} {positive!r}: {error}")
         negatives = select_valid(positive, raw, self.config.count)

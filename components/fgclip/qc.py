@@ -50,6 +50,7 @@ from fgclip.config import Params, QCConfig
 from fgclip.expressions import noun_lemma
 from fgclip.gallery import GalleryCard, boxed_image_uri, write_gallery
 from fgclip.lexicon import DETERMINERS, SHAPES, attribute_class
+from fgclip.seeding import seeded_random
 from fgclip.shards import RawShardReader, annotation_path, dumps_jsonl, list_shards, read_jsonl
 from fgclip.storage import local_path, sha256_file, write_text_atomic
 
@@ -168,8 +169,7 @@ def allocate(sizes: Mapping[str, int], total: int) -> dict[str, int]:
 
 def stratum_rng(seed: int, stratum: str) -> random.Random:
     """A generator seeded from (seed, stratum) only: independent of the other strata."""
-    digest = hashlib.sha256(f"qc:{seed}:{stratum}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
+    return seeded_random("qc", seed, stratum, sep=":")
 
 
 def stratified_sample(population: Mapping[str, Sequence[RegionItem]], sample_size: int, seed: int) -> list[RegionItem]:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from fgclip.config import DemoRecaptionTeacher, Params, RecaptionConfig
-from fgclip.demo_world import seeded_random
+from fgclip.seeding import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
 from fgclip.backends import BackendRegistry
 from fgclip.component import add_shard_selection
-from fgclip.shards import RawSample, RawShardReader, Reject, list_shards, read_jsonl
+from fgclip.shards import RawSample, RawShardReader, Reject, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 

@@ -9,7 +9,6 @@ the worker count or a resume.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import random
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fgclip.seeding import stable_seed
 from fgclip.shards import IMAGE_EXTS, annotation_path, read_jsonl
 from fgclip.train.images import ImageTransform
 
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any printable parts (stable across processes and runs)."""
-    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return stable_seed(*parts, sep=":") >> 1
 
 
 # ------------------------------------------------------------------- annotations
