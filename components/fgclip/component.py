@@ -17,7 +17,11 @@ from fgclip.storage import write_text_atomic
 from fgclip.tracking import Tracker, tracked_run
 
 
-def add_shard_selection(parser: argparse.ArgumentParser) -> None:
+def add_stage_arguments(parser: argparse.ArgumentParser, records: str) -> None:
+    """The arguments every shard stage takes: where its `records` go, its counts report,
+    and the shard selection of a fan-out."""
+    parser.add_argument("--out", required=True, help=f"output folder for {records} records")
+    parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
     parser.add_argument("--shards", nargs="+", default=None, metavar="NNNNN",
                         help="only these shards, e.g. one group of a fan-out (default: all)")
 

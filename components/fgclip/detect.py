@@ -31,7 +31,7 @@ from typing import Any
 
 from fgclip import boxes, schema
 from fgclip.backends import BackendRegistry
-from fgclip.component import add_shard_selection, run_tracked_stage
+from fgclip.component import add_stage_arguments, run_tracked_stage
 from fgclip.config import DetectConfig, Params
 from fgclip.expressions import (Expression, ExpressionExtractor, build_extractor, head_noun, location_words, noun_lemma,
                                 tokenize)
@@ -391,9 +391,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="image shard folder (NNNNN.tar)")
     parser.add_argument("--captions", required=True, help="caption records folder (recaption output)")
     parser.add_argument("--truth", default=None, help="demo world truth sidecars (only the demo teacher reads them)")
-    parser.add_argument("--out", required=True, help="output folder for regions records")
-    parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
-    add_shard_selection(parser)
+    add_stage_arguments(parser, "regions")
 
 
 def command(args: argparse.Namespace, params: Params) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from fgclip import schema
 from fgclip.backends import BackendRegistry
-from fgclip.component import add_shard_selection, run_tracked_stage
+from fgclip.component import add_stage_arguments, run_tracked_stage
 from fgclip.config import NegativesConfig, Params
 from fgclip.expressions import head_noun, noun_lemma, rules_digest, tokenize
 from fgclip.lexicon import ATTRIBUTE_LEXICON, OBJECT_NOUNS, attribute_class
@@ -347,9 +347,7 @@ class NegativesStage(ShardStage):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regions", required=True, help="regions records folder (detect output)")
-    parser.add_argument("--out", required=True, help="output folder for negatives records")
-    parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
-    add_shard_selection(parser)
+    add_stage_arguments(parser, "negatives")
 
 
 def command(args: argparse.Namespace, params: Params) -> int:

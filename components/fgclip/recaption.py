@@ -35,7 +35,7 @@ from fgclip.config import DemoRecaptionTeacher, Params, RecaptionConfig
 from fgclip.seeding import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
 from fgclip.backends import BackendRegistry
-from fgclip.component import add_shard_selection
+from fgclip.component import add_stage_arguments
 from fgclip.shards import RawSample, RawShardReader, Reject, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
@@ -414,9 +414,7 @@ def _demo_backend(config: RecaptionConfig, resources: BackendResources) -> Capti
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="folder of image shards (NNNNN.tar)")
     parser.add_argument("--truth", default=None, help="demo world truth folder (needed by the demo backend)")
-    parser.add_argument("--out", required=True, help="output folder for caption records")
-    parser.add_argument("--report", default=None, help="write the counts here as JSON (DVC metrics)")
-    add_shard_selection(parser)
+    add_stage_arguments(parser, "caption")
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
