@@ -62,6 +62,7 @@ def run_tracked_stage(stage: ShardStage, *, params: Params, shards: list[str], o
         tracker.log_metrics({k: v for k, v in counts.items() if k not in ("rejected", "ignored")})
         tracker.log_metrics({f"rejected.{k}": v for k, v in counts["rejected"].items()})
         tracker.log_metrics({f"ignored.{k}": v for k, v in counts["ignored"].items()})
+        tracker.log_metrics(stage.metrics())
         if report is not None:
             write_text_atomic(report, json.dumps(counts, indent=2) + "\n")
             tracker.log_artifact(report)

@@ -55,6 +55,10 @@ class ShardStage(ABC):
     def process_shard(self, shard: str) -> ShardResult:
         """Pure work for one shard: no writes, deterministic for the same inputs."""
 
+    def metrics(self) -> dict[str, float]:
+        """Run metrics beyond the counts (a model backend's throughput), logged to MLflow."""
+        return {}
+
 
 @dataclass
 class StageSummary:
