@@ -30,6 +30,11 @@ class DemoWorldConfig(Section):
     min_objects: int = Field(2, ge=1)
     max_objects: int = Field(4, ge=1)
     photo_background_rate: float = Field(0.5, ge=0.0, le=1.0)
+    object_colours: tuple[str, ...] = Field(
+        ("red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "brown", "gray", "cyan"),
+        min_length=1, description="lexicon colours objects are painted in (a small palette makes shape matter)")
+    object_patterns: tuple[str, ...] = Field(("solid", "striped", "dotted", "checkered"), min_length=1,
+                                             description="fill patterns objects are drawn with")
     scene_colours: int = Field(2, ge=1, description="distinct object colours per scene (shared colours make shape matter)")
     scene_patterns: int = Field(4, ge=1, description="distinct object patterns per scene (likewise)")
     jpeg_quality: int = Field(90, ge=20, le=100)
@@ -61,11 +66,15 @@ class DemoWorldConfig(Section):
                 raise ValueError(f"demo.{name} must be (low, high) with 0 < low <= high < 1")
         if self.small_side[1] >= self.large_side[0]:
             raise ValueError("demo.small_side must lie below demo.large_side, or 'small' and 'large' overlap")
-        from fgclip.lexicon import COLOURS  # lexicon imports nothing, so no cycle
+        from fgclip.lexicon import COLOURS, PATTERNS  # lexicon imports nothing, so no cycle
 
-        unknown = sorted(set(self.background_colours) - set(COLOURS))
-        if unknown:
-            raise ValueError(f"demo.background_colours has colours the lexicon does not know: {unknown}")
+        for name, known in (("background_colours", COLOURS), ("object_colours", COLOURS), ("object_patterns", PATTERNS)):
+            values = getattr(self, name)
+            unknown = sorted(set(values) - set(known))
+            if unknown:
+                raise ValueError(f"demo.{name} has words the lexicon does not know: {unknown}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"demo.{name} names a word twice")
         return self
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from fgclip import demo_draw
 from fgclip.config import DemoWorldConfig, Params
-from fgclip.lexicon import COLOURS, PATTERNS, SHAPES, SIZES
+from fgclip.lexicon import COLOURS, SHAPES, SIZES
 from fgclip.seeding import seeded_random
 from fgclip.shards import SHARD_PATTERN, ShardSample, write_image_shard, write_jsonl_atomic
 from fgclip.storage import local_path
@@ -196,8 +196,8 @@ def sample_scene(config: DemoWorldConfig, split: str, key: str) -> Scene:
     # A scene draws its objects' colours and patterns from small palettes: objects that
     # share them can only be told apart by shape or size, so region-level training has to
     # learn shapes too instead of separating every region by colour alone.
-    palette = tuple(rng.sample(tuple(COLOURS), min(config.scene_colours, len(COLOURS))))
-    fills = tuple(rng.sample(PATTERNS, min(config.scene_patterns, len(PATTERNS))))
+    palette = tuple(rng.sample(config.object_colours, min(config.scene_colours, len(config.object_colours))))
+    fills = tuple(rng.sample(config.object_patterns, min(config.scene_patterns, len(config.object_patterns))))
     for _ in range(rng.randint(config.min_objects, config.max_objects)):
         size = LARGE if rng.random() < config.large_rate else SMALL
         low, high = config.large_side if size == LARGE else config.small_side
