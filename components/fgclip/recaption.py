@@ -91,6 +91,10 @@ class CaptionBackend(ABC):
     def caption(self, batch: Sequence[RawSample], context: CaptionContext) -> list[CaptionResult]:
         """One result per sample, in order; a per-sample failure is a result, not an exception."""
 
+    def metrics(self) -> dict[str, float]:
+        """Throughput of a model backend (images/s, tokens/s), logged to MLflow by the stage."""
+        return {}
+
 
 @dataclass(frozen=True)
 class BackendResources:
@@ -139,6 +143,9 @@ class RecaptionStage(ShardStage):
 
     def settings(self) -> dict[str, Any]:
         return {"config": self.config.model_dump(mode="json"), "seed": self.seed, "backend": self.backend.identity()}
+
+    def metrics(self) -> dict[str, float]:
+        return self.backend.metrics()
 
     def process_shard(self, shard: str) -> ShardResult:
         reader = RawShardReader(self.images_dir / f"{shard}.tar")
@@ -407,6 +414,13 @@ def _demo_backend(config: RecaptionConfig, resources: BackendResources) -> Capti
     if resources.truth_dir is None:
         raise ValueError("recaption backend 'demo' reads the demo world's truth: pass the truth folder (--truth)")
     return DemoCaptionTeacher(config.demo, resources.truth_dir)
+
+
+@register_backend("hf")
+def _hf_backend(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
+    from fgclip.vision.recaption_hf import HFCaptioner  # torch and transformers only when this backend runs
+
+    return HFCaptioner(config)
 
 
 # ---------------------------------------------------------------- CLI
