@@ -26,7 +26,7 @@ import logging
 import random
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from fgclip.seeding import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
 from fgclip.backends import BackendRegistry
 from fgclip.component import add_stage_arguments
-from fgclip.shards import RawSample, RawShardReader, Reject, read_jsonl
+from fgclip.shards import RawSample, RawShardReader, Reject, batched, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 
@@ -114,17 +114,6 @@ def make_backend(config: RecaptionConfig, resources: BackendResources) -> Captio
 
 
 # ---------------------------------------------------------------- the stage
-
-def batched(items: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
-    batch: list[RawSample] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
 
 class RecaptionStage(ShardStage):
     name = STAGE
