@@ -274,6 +274,21 @@ def _demo_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
     return DemoTeacherDetector(config, truth_dir)
 
 
+@register_detector("owlv2")
+@register_detector("grounding_dino")
+def _hf_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
+    from fgclip.vision.detect_hf import build  # torch and transformers only when this backend runs
+
+    return build(config)
+
+
+@register_detector("yolo_world")
+def _yolo_world_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
+    from fgclip.vision.detect_yolo import YoloWorldDetector  # ultralytics only when this backend runs
+
+    return YoloWorldDetector(config.yolo_world)
+
+
 # ---------------------------------------------------------------- the core selection
 
 def select_regions(expressions: Sequence[Expression], candidates: Sequence[Sequence[Candidate]], width: int, height: int,

@@ -63,3 +63,61 @@ def save_tiny_llava(folder: Path, image_size: int = 28) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def save_tiny_owlv2(folder: Path, image_size: int = 64) -> Path:
+    """A 2-layer OWLv2 with a CLIP BPE tokenizer trained on the test vocabulary."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    from fgclip.train.tokenizer import build_clip_tokenizer, train_bpe
+
+    vocab, merges = train_bpe([" ".join(WORDS)] * 4 + ["a photo of a"] * 4, vocab_size=400, min_frequency=1)
+    tokenizer = build_clip_tokenizer(vocab, merges, model_max_length=16)
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}),
+                               tokenizer=tokenizer)
+    config = Owlv2Config(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 16,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": image_size, "patch_size": 16},
+        projection_dim=32)
+    torch.manual_seed(0)
+    model = Owlv2ForObjectDetection(config)
+    with torch.no_grad():  # the heads start near zero: every box would be the same, every score 0.5
+        for name, parameter in model.named_parameters():
+            if name.startswith(("box_head", "class_head")):
+                parameter.normal_(0.0, 0.5 if name.startswith("box_head") else 0.05)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_grounding_dino(folder: Path) -> Path:
+    """A Grounding DINO with a tiny Swin backbone, a 2-layer BERT text encoder with a
+    word-level vocabulary, and 2 decoder layers (fewer do not run)."""
+    import torch
+    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    vocab_file = folder / "vocab.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ","]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=256)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    backbone = SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=4, image_size=64,
+                          out_features=["stage1", "stage2"])
+    text = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=256)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                 decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                 encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=30, num_feature_levels=2,
+                                 encoder_n_points=2, decoder_n_points=2, max_text_len=256, use_timm_backbone=False)
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    vocab_file.unlink()  # the processor saved its own copy of the tokenizer
+    return folder
