@@ -13,8 +13,10 @@ training) and counted as `no_regions` (`no_expressions` when its caption names n
 object); a sample without a caption record is dropped (`no_caption`).
 
 Backends register by name (`params.detect.backend`). `demo` is a teacher that reads
-the demo world's truth sidecar; YOLO-World or other open-vocabulary detectors plug in
-behind the same `Detector` interface and return pixel boxes with scores.
+the demo world's truth sidecar; `owlv2` and `grounding_dino` (Hugging Face) and
+`yolo_world` (ultralytics) are open-vocabulary detectors in `fgclip.vision`, imported only
+when chosen. All return pixel boxes with scores, for a batch of images at once
+(`Detector.detect_batch`, `detect.batch_size` images per call).
 """
 
 from __future__ import annotations
