@@ -35,7 +35,7 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def config(model: tuple[str, Path], **settings: object) -> DetectConfig:
     backend, folder = model
-    return DetectConfig(backend=backend, **{backend: {"model": str(folder), **settings}})
+    return DetectConfig(backend=backend, **{backend: {"model": str(folder), "device": "cpu", **settings}})
 
 
 def jpeg(width: int, height: int, colour: tuple[int, int, int]) -> bytes:

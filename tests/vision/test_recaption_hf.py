@@ -38,7 +38,7 @@ def samples() -> list[RawSample]:
 
 def config(model_dir: Path, **hf: object) -> RecaptionConfig:
     # a high repetition penalty walks the random model through its small vocabulary to "." (a stop token)
-    settings = {"model": str(model_dir), "max_new_tokens": 40, "repetition_penalty": 10.0, **hf}
+    settings = {"model": str(model_dir), "device": "cpu", "max_new_tokens": 40, "repetition_penalty": 10.0, **hf}
     return RecaptionConfig(backend="hf", batch_size=4, hf=HFCaptionerConfig(**settings))
 
 
@@ -80,14 +80,14 @@ def test_stage_writes_one_record_or_reject_per_sample_and_is_deterministic(model
     write_image_shard(images, "00000", [ShardSample(s.key, s.image_bytes, "alt", {}) for s in samples()])
     stage = RecaptionStage(images, None, config(model_dir), seed=3)
     first = run_stage(stage, ["00000"], tmp_path / "a", progress=False)
-    second = run_stage(RecaptionStage(images, None, config(model_dir), seed=3), ["00000"], tmp_path / "b", progress=False)
+    second = run_stage(stage, ["00000"], tmp_path / "b", progress=False)
     records = read_jsonl(annotation_path(tmp_path / "a", "00000"))
     rejects = read_jsonl(annotation_path(tmp_path / "a", "00000", "rejects"))
     assert len(records) + len(rejects) == len(SIZES) == first.items_in
     assert annotation_path(tmp_path / "a", "00000").read_bytes() == annotation_path(tmp_path / "b", "00000").read_bytes()
     assert second.items_out == first.items_out
     metrics = stage.metrics()
-    assert metrics["recaption.backend.images"] == len(SIZES) and metrics["recaption.backend.images_per_second"] > 0
+    assert metrics["recaption.backend.images"] == 2 * len(SIZES) and metrics["recaption.backend.images_per_second"] > 0
     assert metrics["recaption.backend.tokens"] > 0 and metrics["recaption.backend.tokens_per_second"] > 0
 
 
@@ -140,3 +140,24 @@ def test_config_and_loading_errors_are_clear(model_dir: Path, tmp_path: Path) ->
                            BackendResources())
     results = refused.caption(samples()[:2], CONTEXT)
     assert [r.error for r in results] == ["preprocess_failed"] * 2 and "image" in results[0].detail.lower()
+
+
+def test_component_switches_to_hf_by_params_alone(model_dir: Path, tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    from fgclip import recaption
+    from fgclip.config import load_params
+
+    images = tmp_path / "images"
+    write_image_shard(images, "00000", [ShardSample(s.key, s.image_bytes, "alt", {}) for s in samples()[:3]])
+    params = load_params(None, {"tracking.enabled": False, "recaption.backend": "hf", "recaption.hf.model": str(model_dir),
+                                "recaption.hf.max_new_tokens": 40, "recaption.hf.repetition_penalty": 10.0,
+                                "recaption.hf.device": "cpu"})
+    args = argparse.Namespace(images=str(images), truth=None, out=str(tmp_path / "captions"), report=str(tmp_path / "r.json"),
+                              shards=None, no_progress=True)
+    assert recaption.command(args, params) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["items_in"] == 3 and report["items_out"] + report["rejected_total"] == 3
+    manifest = json.loads(annotation_path(tmp_path / "captions", "00000", "manifest").read_text())
+    assert manifest["settings"]["backend"]["name"] == "hf" and manifest["settings"]["backend"]["prompt"] == "recaption.v1"
