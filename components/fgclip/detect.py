@@ -13,8 +13,10 @@ training) and counted as `no_regions` (`no_expressions` when its caption names n
 object); a sample without a caption record is dropped (`no_caption`).
 
 Backends register by name (`params.detect.backend`). `demo` is a teacher that reads
-the demo world's truth sidecar; YOLO-World or other open-vocabulary detectors plug in
-behind the same `Detector` interface and return pixel boxes with scores.
+the demo world's truth sidecar; `owlv2` and `grounding_dino` (Hugging Face) and
+`yolo_world` (ultralytics) are open-vocabulary detectors in `fgclip.vision`, imported only
+when chosen. All return pixel boxes with scores, for a batch of images at once
+(`Detector.detect_batch`, `detect.batch_size` images per call).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from fgclip.expressions import (Expression, ExpressionExtractor, build_extractor
                                 tokenize)
 from fgclip.lexicon import attribute_class
 from fgclip.seeding import keyed_random
-from fgclip.shards import RawSample, RawShardReader, Reject, annotation_path, read_jsonl
+from fgclip.shards import RawSample, RawShardReader, Reject, annotation_path, batched, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 
@@ -73,8 +75,17 @@ class DetectorError(Exception):
     reject and the shard goes on."""
 
 
+@dataclass(frozen=True)
+class DetectItem:
+    """One image and its expressions, as a batch hands them to a backend."""
+
+    image: RawSample
+    expressions: Sequence[Expression]
+    context: DetectContext
+
+
 class Detector(ABC):
-    """Boxes referring expressions in one image."""
+    """Boxes referring expressions in one image, or in a batch of images."""
 
     needs_truth: bool = False  # True for teachers that read the demo world's truth sidecar
 
@@ -85,6 +96,21 @@ class Detector(ABC):
     @abstractmethod
     def detect(self, image: RawSample, expressions: Sequence[Expression], context: DetectContext) -> list[list[Candidate]]:
         """Candidates per expression: one list (possibly empty) for each expression, in order."""
+
+    def detect_batch(self, items: Sequence[DetectItem]) -> list[list[list[Candidate]] | DetectorError]:
+        """`detect` for several images: per item, its candidate lists or the DetectorError
+        that failed it alone. Model backends override this to run the images together."""
+        results: list[list[list[Candidate]] | DetectorError] = []
+        for item in items:
+            try:
+                results.append(self.detect(item.image, item.expressions, item.context))
+            except DetectorError as error:
+                results.append(error)
+        return results
+
+    def metrics(self) -> dict[str, float]:
+        """Throughput of a model backend (images/s, expressions/s), logged to MLflow by the stage."""
+        return {}
 
 
 DetectorFactory = Callable[[DetectConfig, Path | None], Detector]
@@ -250,6 +276,21 @@ def _demo_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
     return DemoTeacherDetector(config, truth_dir)
 
 
+@register_detector("owlv2")
+@register_detector("grounding_dino")
+def _hf_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
+    from fgclip.vision.detect_hf import build  # torch and transformers only when this backend runs
+
+    return build(config)
+
+
+@register_detector("yolo_world")
+def _yolo_world_factory(config: DetectConfig, truth_dir: Path | None) -> Detector:
+    from fgclip.vision.detect_yolo import YoloWorldDetector  # ultralytics only when this backend runs
+
+    return YoloWorldDetector(config.yolo_world)
+
+
 # ---------------------------------------------------------------- the core selection
 
 def select_regions(expressions: Sequence[Expression], candidates: Sequence[Sequence[Candidate]], width: int, height: int,
@@ -342,47 +383,67 @@ class DetectStage(ShardStage):
             captions[record["key"]] = record["long_caption"]
         return captions
 
+    def metrics(self) -> dict[str, float]:
+        return self.detector.metrics()
+
     def process_shard(self, shard: str) -> ShardResult:
         rejects: list[Reject] = []
         captions = self._captions(shard, rejects)
         reader = RawShardReader(self.images_dir / f"{shard}.tar")
         records: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for sample in reader:
-            seen.add(sample.key)
-            record = self._process_sample(shard, sample, captions.get(sample.key), rejects)
-            if record is not None:
-                records.append(record)
+        for batch in batched(reader, self.config.batch_size):
+            seen.update(sample.key for sample in batch)
+            records.extend(self._process_batch(shard, batch, captions, rejects))
         for key in sorted(set(captions) - seen - {r.key for r in reader.rejects}):
             rejects.append(Reject(shard, key, "orphan_caption", "caption record has no sample in the image shard; ignored",
                                   stage=STAGE, dropped=False))
         read_dropped = [r for r in reader.rejects if r.dropped and r.key is not None]
         return ShardResult(records, reader.rejects + rejects, items_in=len(seen) + len(read_dropped))
 
-    def _process_sample(self, shard: str, sample: RawSample, caption: str | None, rejects: list[Reject]) -> dict[str, Any] | None:
-        def reject(reason: str, detail: str, dropped: bool) -> None:
-            rejects.append(Reject(shard, sample.key, reason, detail, stage=STAGE, dropped=dropped))
+    def _process_batch(self, shard: str, batch: Sequence[RawSample], captions: dict[str, str],
+                       rejects: list[Reject]) -> list[dict[str, Any]]:
+        """Records of a batch's samples, in order: expressions of all its captions at once,
+        then one detector call for the samples that have expressions."""
+        def reject(key: str, reason: str, detail: str, dropped: bool) -> None:
+            rejects.append(Reject(shard, key, reason, detail, stage=STAGE, dropped=dropped))
 
-        if caption is None:
-            reject("no_caption", "no caption record for this sample (run recaption first)", True)
-            return None
-        record = {"key": sample.key, "width": sample.width, "height": sample.height, "regions": []}
-        expressions = self.extractor.extract(caption)
-        if not expressions:
-            reject("no_expressions", "the long caption names no object the extractor knows; written with no regions", False)
-            return record
-        try:
-            candidates = self.detector.detect(sample, expressions, DetectContext(shard, sample.key, self.seed))
-            regions, ignored = select_regions(expressions, candidates, sample.width, sample.height, self.config)
-        except DetectorError as error:
-            reject("detector_failed", str(error), True)
-            return None
-        for reason, detail in ignored:
-            reject(reason, detail, False)
-        if not regions:
-            reject("no_regions", f"none of {len(expressions)} expressions got a box that passed; written with no regions", False)
-        record["regions"] = regions
-        return record
+        captioned = [sample for sample in batch if sample.key in captions]
+        expressions = dict(zip((s.key for s in captioned),
+                               self.extractor.extract_many([captions[s.key] for s in captioned])))
+        items = [DetectItem(s, expressions[s.key], DetectContext(shard, s.key, self.seed)) for s in captioned
+                 if expressions[s.key]]
+        found = dict(zip((item.image.key for item in items), self.detector.detect_batch(items) if items else []))
+        if len(found) != len(items):  # a broken backend must not shift boxes onto other images
+            raise RuntimeError(f"detector backend returned {len(found)} results for {len(items)} images")
+        records = []
+        for sample in batch:  # rejects in sample order, as one sample at a time would write them
+            if sample.key not in captions:
+                reject(sample.key, "no_caption", "no caption record for this sample (run recaption first)", True)
+                continue
+            record = {"key": sample.key, "width": sample.width, "height": sample.height, "regions": []}
+            if not expressions[sample.key]:
+                reject(sample.key, "no_expressions",
+                       "the long caption names no object the extractor knows; written with no regions", False)
+                records.append(record)
+                continue
+            candidates = found[sample.key]
+            try:
+                if isinstance(candidates, DetectorError):
+                    raise candidates
+                regions, ignored = select_regions(expressions[sample.key], candidates, sample.width, sample.height,
+                                                  self.config)
+            except DetectorError as error:
+                reject(sample.key, "detector_failed", str(error), True)
+                continue
+            for reason, detail in ignored:
+                reject(sample.key, reason, detail, False)
+            if not regions:
+                reject(sample.key, "no_regions", f"none of {len(expressions[sample.key])} expressions got a box that "
+                                                 "passed; written with no regions", False)
+            record["regions"] = regions
+            records.append(record)
+        return records
 
 
 # ---------------------------------------------------------------- CLI

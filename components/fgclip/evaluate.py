@@ -31,6 +31,7 @@ from PIL import Image
 
 from fgclip import eval_tasks, fgovd
 from fgclip.config import Params
+from fgclip.devices import resolve_device
 from fgclip.storage import local_path, write_text_atomic
 from fgclip.tracking import Tracker, dataset_digest, tracked_run
 
@@ -47,26 +48,6 @@ class EvalError(Exception):
 
 
 # ---------------------------------------------------------------- the model adapter
-
-def resolve_device(name: str) -> Any:
-    """'auto' -> cuda, then Ascend npu (torch_npu), then cpu; anything else as given."""
-    import torch
-
-    if name != "auto":
-        if name.startswith("npu"):
-            import torch_npu  # noqa: F401  (registers the npu device type)
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    try:
-        import torch_npu  # noqa: F401
-
-        if torch.npu.is_available():
-            return torch.device("npu")
-    except ImportError:
-        pass
-    return torch.device("cpu")
-
 
 class FGCLIPEmbedder:
     """FG-CLIP behind the ``eval_tasks.Embedder`` protocol.

@@ -20,9 +20,9 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fgclip.backends import BackendRegistry
 from fgclip.config import DetectConfig
@@ -47,6 +47,10 @@ class ExpressionExtractor(ABC):
     @abstractmethod
     def extract(self, caption: str) -> list[Expression]:
         """The de-duplicated expressions of `caption` (possibly none)."""
+
+    def extract_many(self, captions: Sequence[str]) -> list[list[Expression]]:
+        """`extract` for each caption; a model-based extractor overrides it to batch."""
+        return [self.extract(caption) for caption in captions]
 
 
 ExtractorFactory = Callable[[DetectConfig], ExpressionExtractor]
@@ -318,7 +322,7 @@ class RulesExtractor(ExpressionExtractor):
                 for index in phrase.object_heads:
                     if index in by_head:
                         by_head[index].relation = True
-        return _deduplicate(self._keep(mentions))
+        return deduplicate(self._keep(mentions))
 
     def _mentions(self, tokens: list[str]) -> list[_Mention]:
         mentions = []
@@ -399,7 +403,17 @@ class RulesExtractor(ExpressionExtractor):
         return kept
 
 
-def _deduplicate(mentions: list[_Mention]) -> list[Expression]:
+class Mention(Protocol):
+    """What `deduplicate` reads of a mention, whichever extractor found it."""
+
+    @property
+    def short(self) -> str: ...
+
+    @property
+    def long(self) -> str: ...
+
+
+def deduplicate(mentions: Sequence[Mention]) -> list[Expression]:
     """One expression per distinct long form; a bare mention (long == short) is dropped
     when the same short form also appears with a location."""
     located = {m.short for m in mentions if m.long != m.short}
@@ -420,7 +434,8 @@ def _rules_factory(config: DetectConfig) -> ExpressionExtractor:
     return RulesExtractor(max_gap=config.extractor_max_gap)
 
 
-# A spaCy extractor registers here as "spacy" (and joins DetectConfig.extractor's
-# Literal): noun chunks whose root is an object noun give short_expr, the chunk plus its
-# prepositional subtree gives long_expr. It must report the spaCy model name and version
-# in identity() so a model change re-runs the stage.
+@register_extractor("spacy")
+def _spacy_factory(config: DetectConfig) -> ExpressionExtractor:
+    from fgclip.vision.spacy_extractor import spacy_or_rules  # spaCy only when this extractor runs
+
+    return spacy_or_rules(config)

@@ -26,7 +26,7 @@ import logging
 import random
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from fgclip.seeding import seeded_random
 from fgclip.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SIZES
 from fgclip.backends import BackendRegistry
 from fgclip.component import add_stage_arguments
-from fgclip.shards import RawSample, RawShardReader, Reject, read_jsonl
+from fgclip.shards import RawSample, RawShardReader, Reject, batched, read_jsonl
 from fgclip.stage import ShardResult, ShardStage
 from fgclip.storage import local_path
 
@@ -91,6 +91,10 @@ class CaptionBackend(ABC):
     def caption(self, batch: Sequence[RawSample], context: CaptionContext) -> list[CaptionResult]:
         """One result per sample, in order; a per-sample failure is a result, not an exception."""
 
+    def metrics(self) -> dict[str, float]:
+        """Throughput of a model backend (images/s, tokens/s), logged to MLflow by the stage."""
+        return {}
+
 
 @dataclass(frozen=True)
 class BackendResources:
@@ -111,17 +115,6 @@ def make_backend(config: RecaptionConfig, resources: BackendResources) -> Captio
 
 # ---------------------------------------------------------------- the stage
 
-def batched(items: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
-    batch: list[RawSample] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class RecaptionStage(ShardStage):
     name = STAGE
     record_kind = "caption_record"
@@ -139,6 +132,9 @@ class RecaptionStage(ShardStage):
 
     def settings(self) -> dict[str, Any]:
         return {"config": self.config.model_dump(mode="json"), "seed": self.seed, "backend": self.backend.identity()}
+
+    def metrics(self) -> dict[str, float]:
+        return self.backend.metrics()
 
     def process_shard(self, shard: str) -> ShardResult:
         reader = RawShardReader(self.images_dir / f"{shard}.tar")
@@ -407,6 +403,13 @@ def _demo_backend(config: RecaptionConfig, resources: BackendResources) -> Capti
     if resources.truth_dir is None:
         raise ValueError("recaption backend 'demo' reads the demo world's truth: pass the truth folder (--truth)")
     return DemoCaptionTeacher(config.demo, resources.truth_dir)
+
+
+@register_backend("hf")
+def _hf_backend(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
+    from fgclip.vision.recaption_hf import HFCaptioner  # torch and transformers only when this backend runs
+
+    return HFCaptioner(config)
 
 
 # ---------------------------------------------------------------- CLI

@@ -21,13 +21,15 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from fgclip.storage import local_path, write_bytes_atomic
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,18 @@ class RawSample:
 
     def open_image(self) -> Image.Image:
         return Image.open(io.BytesIO(self.image_bytes)).convert("RGB")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def list_shards(folder: str | Path, suffix: str = ".tar") -> list[str]:

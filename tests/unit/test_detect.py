@@ -254,3 +254,28 @@ def test_command_reports_missing_truth(tmp_path):
     args.truth = str(tmp_path / "elsewhere")
     with pytest.raises(ComponentError, match="missing"):
         detect.command(args, params)
+
+
+def test_batch_size_does_not_change_records_or_rejects(tmp_path):
+    captions = {f"k{i}": CAPTION for i in range(5)} | {"nothing": "A sunny day."}
+    images, caps, truth = make_world(tmp_path, captions, extra_images=["uncaptioned"])
+    outputs = []
+    for size in (1, 3, 16):
+        out = tmp_path / f"b{size}"
+        run_stage(DetectStage(images, caps, truth, DetectConfig(batch_size=size), seed=2), ["00000"], out, progress=False)
+        outputs.append((annotation_path(out, "00000").read_bytes(), annotation_path(out, "00000", "rejects").read_bytes()))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+class LosingDetector(FakeDetector):
+    """Drops the last image of every batch: must stop the shard, not shift boxes."""
+
+    def detect_batch(self, items):
+        return super().detect_batch(items)[:-1]
+
+
+def test_a_backend_that_loses_images_stops_the_shard(tmp_path):
+    images, caps, _ = make_world(tmp_path, {"a": "A red circle.", "b": "A blue star."})
+    stage = DetectStage(images, caps, None, DetectConfig(), seed=0, detector=LosingDetector({}))
+    with pytest.raises(RuntimeError, match="1 results for 2 images"):
+        stage.process_shard("00000")
