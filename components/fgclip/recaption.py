@@ -91,6 +91,10 @@ class CaptionBackend(ABC):
     def caption(self, batch: Sequence[RawSample], context: CaptionContext) -> list[CaptionResult]:
         """One result per sample, in order; a per-sample failure is a result, not an exception."""
 
+    def metrics(self) -> dict[str, float]:
+        """Throughput (images/s, tokens/s) of a model backend, logged to MLflow."""
+        return {}
+
 
 @dataclass(frozen=True)
 class BackendResources:
@@ -138,7 +142,13 @@ class RecaptionStage(ShardStage):
         return {"images": self.images_dir / f"{shard}.tar", **self.backend.shard_inputs(shard)}
 
     def settings(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(mode="json"), "seed": self.seed, "backend": self.backend.identity()}
+        # An endpoint section says where a model runs (URL, concurrency): the backend's
+        # identity carries what decides the captions (model, prompt, decoding).
+        config = self.config.model_dump(mode="json", exclude={"openai"})
+        return {"config": config, "seed": self.seed, "backend": self.backend.identity()}
+
+    def metrics(self) -> dict[str, float]:
+        return self.backend.metrics()
 
     def process_shard(self, shard: str) -> ShardResult:
         reader = RawShardReader(self.images_dir / f"{shard}.tar")
@@ -407,6 +417,13 @@ def _demo_backend(config: RecaptionConfig, resources: BackendResources) -> Capti
     if resources.truth_dir is None:
         raise ValueError("recaption backend 'demo' reads the demo world's truth: pass the truth folder (--truth)")
     return DemoCaptionTeacher(config.demo, resources.truth_dir)
+
+
+@register_backend("openai")
+def _openai_backend(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
+    from fgclip.llm.recaption_openai import endpoint_backend  # httpx only when configured
+
+    return endpoint_backend(config)
 
 
 # ---------------------------------------------------------------- CLI

