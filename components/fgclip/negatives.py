@@ -462,6 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
     from fgclip.component import select_shards
+    from fgclip.llm.chat import EndpointDown
 
     # The regions stage's manifests name its finished shards; a shard without one is
     # not finished and must not be read.
@@ -471,7 +472,10 @@ def command(args: argparse.Namespace, params: Params) -> int:
         stage = NegativesStage(args.regions, params.negatives, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
-    summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs={"regions": args.regions}, progress=not args.no_progress, prune=every_shard)
+    try:
+        summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
+                                       inputs={"regions": args.regions}, progress=not args.no_progress, prune=every_shard)
+    except EndpointDown as error:  # finished shards are on disk; a rerun resumes after them
+        raise ComponentError(f"negatives stopped: {error}") from error
     log.info("negatives: %d records in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored))
     return 0

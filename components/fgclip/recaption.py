@@ -437,6 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
     from fgclip.component import run_tracked_stage, select_shards
+    from fgclip.llm.chat import EndpointDown
 
     shards, every_shard = select_shards(args.images, args.shards)
     try:
@@ -444,7 +445,10 @@ def command(args: argparse.Namespace, params: Params) -> int:
     except ValueError as error:
         raise ComponentError(str(error)) from error
     inputs = {"images": args.images, **({"truth": args.truth} if args.truth else {})}
-    summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs=inputs, progress=not args.no_progress, prune=every_shard)
+    try:
+        summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
+                                       inputs=inputs, progress=not args.no_progress, prune=every_shard)
+    except EndpointDown as error:  # finished shards are on disk; a rerun resumes after them
+        raise ComponentError(f"recaption stopped: {error}") from error
     print(json.dumps(summary.as_dict()))
     return 0
