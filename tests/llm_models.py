@@ -68,3 +68,40 @@ def demo_expressions(count: int, seed: int = 0) -> list[str]:
         if len(found) >= count:
             return list(found)[:count]
     raise AssertionError(f"the demo world gave only {len(found)} distinct expressions")
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}"
+    "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_tiny_vlm(folder: Path) -> Path:
+    """A tiny LLaVA (CLIP vision tower + 2-layer Llama, random weights) with its processor
+    and a chat template that places the image, saved to `folder`: an image-text-to-text
+    model that `transformers serve` and AutoModelForImageTextToText load."""
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_causal_lm(folder / "text"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    side, patch = 32, 16
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=side, patch_size=patch)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out = folder / "vlm"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
-START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "http": 30.0}
+START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "transformers": 180.0, "http": 30.0}
 STOP_TIMEOUT_S = 15.0
 
 
@@ -197,6 +197,21 @@ def llama_cpp_server(gguf: Path, workdir: Path, *, threads: int = 2, context: in
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
          "--n_threads", str(threads), "--n_ctx", str(context), "--verbose", "false"],
         port, workdir / f"llama-cpp-{port}.log", "/v1/models", START_TIMEOUT_S["llama_cpp"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def transformers_server(model: Path, workdir: Path) -> Iterator[ManagedServer]:
+    """`transformers serve` (OpenAI-compatible, images included for image-text-to-text
+    models) with `model` (a local folder) preloaded; it answers to the folder's path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ManagedServer([program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
+                           port, workdir / f"transformers-{port}.log", "/health", START_TIMEOUT_S["transformers"])
     server.start()
     try:
         yield server
