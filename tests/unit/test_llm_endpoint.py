@@ -5,6 +5,7 @@ killed in the middle of a run."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from fgclip.llm.endpoint import ChatEndpoint, parse_completion
 from fgclip.negatives import NegativesStage, validate_negatives
 from fgclip.shards import annotation_path, read_jsonl, write_jsonl_atomic
 from fgclip.stage import run_stage
-from tests.llm_models import smollm2_gguf
+from tests.llm_models import demo_expressions, smollm2_gguf
 from tests.servers import DelayingProxy, ManagedServer, free_port, llama_cpp_server, static_web_server
 
 K = 10
@@ -50,7 +51,7 @@ def write_regions(folder: Path, shard: str = "00000", shorts: list[list[str]] = 
 
 
 def negatives_stage(folder: Path, config: NegativesEndpointConfig, **changes) -> NegativesStage:
-    return NegativesStage(folder, NegativesConfig(backend="openai", batch_size=4, openai=config, **changes), seed=0)
+    return NegativesStage(folder, NegativesConfig(**{"backend": "openai", "batch_size": 4, "openai": config, **changes}), seed=0)
 
 
 # ---------------------------------------------------------------- a working server
@@ -79,6 +80,29 @@ def test_wrong_path_or_model_stops_at_once(llama: ManagedServer) -> None:
     with pytest.raises(EndpointDown, match="answered 404"):
         chat.chat([[{"role": "user", "content": "hi"}]])
     chat.close()
+
+
+@pytest.mark.slow
+def test_smollm2_negatives_for_fifty_demo_world_expressions(llama: ManagedServer, tmp_path: Path) -> None:
+    """The real model on the demo world: exactly K validated negatives per expression, the
+    model's share and the repairs counted (the figures are printed for the README)."""
+    expressions = demo_expressions(50)
+    write_regions(tmp_path / "regions", shorts=[expressions[i:i + 5] for i in range(0, 50, 5)])
+    stage = negatives_stage(tmp_path / "regions", endpoint(llama.url, model_name(llama), max_tokens=200), batch_size=10)
+    summary = run_stage(stage, ["00000"], tmp_path / "out", progress=False)
+    records = read_jsonl(annotation_path(tmp_path / "out", "00000"))
+    for record in records:
+        for region in record["regions"]:
+            assert len(region["short_expr_negs"]) == K
+    for expression, region in zip(expressions, [r for record in records for r in record["regions"]]):
+        assert validate_negatives(expression, region["short_expr_negs"], K) == []
+    metrics = stage.metrics()
+    print(json.dumps(metrics, indent=1))
+    assert metrics["negatives.regions"] == 50 and not summary.rejected
+    assert metrics["negatives.regions_own_negatives"] + metrics["negatives.regions_fallback_negatives"] == 50 * K
+    assert metrics["negatives.regions_repaired"] + metrics["negatives.regions_from_model_only"] == 50
+    assert summary.ignored.get("negatives_repaired", 0) == metrics["negatives.regions_repaired"]
+    assert metrics["negatives.reply_phrases"] >= metrics["negatives.regions_own_negatives"]
 
 
 # ---------------------------------------------------------------- a slow server

@@ -40,6 +40,7 @@ class LLMNegativeGenerator(NegativeGenerator):
         self.prompt = prompt
         self.repair = repair
         self.reply_forms: Counter[str] = Counter()
+        self.phrases = 0  # phrases read out of replies, before post-processing and validation
         try:  # a prompt file with a misspelt field fails here, not on the first shard
             prompt.render(expression="red circle", count="10", noun="circle")
         except (KeyError, IndexError) as error:
@@ -67,6 +68,7 @@ class LLMNegativeGenerator(NegativeGenerator):
                 continue
             phrases = read_phrases(reply.text or "")
             self.reply_forms[phrases.form] += 1
+            self.phrases += len(phrases.items)
             usable = len(select_valid(request.expression, phrases.items, count))
             fallback: list[str] = []
             if usable < count and self.repair is not None:
@@ -78,7 +80,7 @@ class LLMNegativeGenerator(NegativeGenerator):
 
     def metrics(self) -> dict[str, float]:
         forms = {f"negatives.reply_form.{form}": float(n) for form, n in sorted(self.reply_forms.items())}
-        return {**self.engine.metrics("negatives.backend"), **forms}
+        return {**self.engine.metrics("negatives.backend"), **forms, "negatives.reply_phrases": float(self.phrases)}
 
 
 def _repair(config: NegativesConfig) -> RulesNegativeGenerator | None:
