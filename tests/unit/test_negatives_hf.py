@@ -57,7 +57,11 @@ def test_hf_backend_gives_k_valid_negatives_and_counts_repairs(tiny_lm: Path, tm
     notes = read_jsonl(annotation_path(tmp_path / "out", "00000", "rejects"))
     assert {n["reason"] for n in notes} == {"negatives_repaired"} and all("from the fallback" in n["detail"] for n in notes)
     identity = stage.settings()["generator"]
-    assert identity["engine"] == "hf" and identity["model"] == str(tiny_lm) and identity["dtype"] == "float32"
+    from fgclip.evaluate import resolve_device
+    from fgclip.llm.hf_causal import pick_dtype
+
+    expected_dtype = str(pick_dtype("auto", resolve_device("auto"))).removeprefix("torch.")  # float32 on cpu
+    assert identity["engine"] == "hf" and identity["model"] == str(tiny_lm) and identity["dtype"] == expected_dtype
     assert identity["prompt"] == "negatives.v1" and len(identity["prompt_sha256"]) == 64
     # greedy decoding: a fresh run writes the same bytes
     run_stage(NegativesStage(tmp_path / "regions", hf_config(tiny_lm), seed=1), ["00000"], tmp_path / "again", progress=False)
@@ -127,7 +131,7 @@ def test_hf_backend_with_the_real_smollm2_gguf(tmp_path: Path) -> None:
     gguf = smollm2_gguf()
     write_regions(tmp_path / "regions", [["large red striped circle", "small blue dotted square"], ["wooden chair"]])
     config = NegativesConfig(backend="hf", batch_size=3, hf=CausalLMConfig(
-        model=str(gguf.parent), gguf_file=gguf.name, max_new_tokens=160))
+        model=str(gguf.parent), gguf_file=gguf.name, max_new_tokens=96))
     stage = NegativesStage(tmp_path / "regions", config, seed=0)
     assert stage.settings()["generator"]["gguf_file"] == gguf.name
     run_stage(stage, ["00000"], tmp_path / "out", progress=False)
