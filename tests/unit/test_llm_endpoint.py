@@ -17,8 +17,10 @@ from fgclip.config import EndpointConfig, NegativesConfig, NegativesEndpointConf
 from fgclip.llm.chat import ChatReply, EndpointDown
 from fgclip.llm.endpoint import ChatEndpoint, parse_completion
 from fgclip.negatives import NegativesStage, validate_negatives
+from fgclip.stage import ShardResult, ShardStage
 from fgclip.shards import annotation_path, read_jsonl, write_jsonl_atomic
 from fgclip.stage import run_stage
+from tests.conftest import run_cli
 from tests.llm_models import demo_expressions, smollm2_gguf
 from tests.servers import DelayingProxy, ManagedServer, free_port, llama_cpp_server, static_web_server
 
@@ -73,6 +75,41 @@ def test_negatives_from_llama_cpp_are_validated_and_repairs_counted(llama: Manag
     assert metrics["negatives.backend.expressions"] == 4
     identity = stage.settings()
     assert identity["generator"]["engine"] == "openai" and "base_url" not in str(identity)
+
+
+class RegionsStage(ShardStage):
+    """Writes regions records with manifests, as detect does, for the negatives CLI to read."""
+
+    name, record_kind = "detect", "regions_record"
+
+    def __init__(self, records):
+        self.records = records
+
+    def shard_inputs(self, shard):
+        return {}
+
+    def settings(self):
+        return {}
+
+    def process_shard(self, shard):
+        return ShardResult(self.records, [], len(self.records))
+
+
+def test_the_cli_switches_to_the_endpoint_by_params_alone(llama: ManagedServer, tmp_path: Path) -> None:
+    records = [{"key": "k0", "width": 64, "height": 48, "regions": [
+        {"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": "large red striped circle", "long_expr": "x"}]}]
+    run_stage(RegionsStage(records), ["00000"], tmp_path / "regions", progress=False)
+    overrides = {"tracking.enabled": "false", "negatives.backend": "openai", "negatives.openai.base_url": llama.url + "/v1",
+                 "negatives.openai.model": model_name(llama), "negatives.openai.max_tokens": "96"}
+    run_cli(["--params", str(tmp_path / "none.yaml"), *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+             "--no-progress", "negatives", "--regions", str(tmp_path / "regions"), "--out", str(tmp_path / "out"),
+             "--report", str(tmp_path / "report.json")], cwd=tmp_path)
+    [record] = read_jsonl(annotation_path(tmp_path / "out", "00000"))
+    assert validate_negatives("large red striped circle", record["regions"][0]["short_expr_negs"], K) == []
+    manifest = json.loads(annotation_path(tmp_path / "out", "00000", "manifest").read_text())
+    assert manifest["settings"]["generator"]["name"] == "openai"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["items_out"] == 1 and set(report["ignored"]) <= {"negatives_repaired"}
 
 
 def test_wrong_path_or_model_stops_at_once(llama: ManagedServer) -> None:
@@ -192,3 +229,21 @@ def test_completion_bodies() -> None:
     assert parse_completion({"choices": []}).error == "bad_response"
     assert parse_completion({"error": "overloaded"}).error == "bad_response"
     assert parse_completion({"choices": [{"message": {"content": None}, "finish_reason": "tool_calls"}]}).error == "empty_reply"
+
+
+def test_retry_after_is_honoured_and_backoff_grows() -> None:
+    import email.utils
+
+    import httpx
+
+    from fgclip.llm.endpoint import _retry_after
+
+    assert _retry_after(httpx.Response(429, headers={"Retry-After": "3"})) == 3.0
+    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= _retry_after(httpx.Response(503, headers={"Retry-After": in_ten})) <= 10.0
+    assert _retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+    assert _retry_after(httpx.Response(500)) is None
+    chat = ChatEndpoint(EndpointConfig(model="m", api_key_env=None, backoff_s=1.0, backoff_max_s=5.0, timeout_s=60.0))
+    assert [0.5 <= chat._delay(r, None) / min(5.0, 2 ** r) <= 1.0 for r in range(5)] == [True] * 5
+    assert chat._delay(0, 7.0) == 7.0 and chat._delay(0, 600.0) == 60.0  # capped at one request's timeout
+    chat.close()
