@@ -1,5 +1,7 @@
 """Real servers on loopback for tests: an S3-compatible store (`rclone serve s3`, serving a
-folder as buckets) and an MLflow tracking server whose artifacts go to that store.
+folder as buckets), an MLflow tracking server whose artifacts go to that store, an
+OpenAI-compatible LLM server (llama.cpp's, through llama-cpp-python), a plain static web
+server (a real server that is not an LLM endpoint) and a delaying proxy (a slow endpoint).
 
 Each starts on a free 127.0.0.1 port, is waited for with a bound (its log is in the error
 when it does not come up) and is stopped, then killed, when the `with` block ends.
@@ -7,12 +9,14 @@ when it does not come up) and is stopped, then killed, when the `with` block end
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +28,7 @@ from pathlib import Path
 import pytest
 
 S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
-START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0}
+START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "transformers": 180.0, "http": 30.0}
 STOP_TIMEOUT_S = 15.0
 
 
@@ -147,3 +151,138 @@ def _stop_group(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             continue
     process.wait(timeout=STOP_TIMEOUT_S)
+
+
+# ---------------------------------------------------------------- LLM endpoints
+
+@dataclass
+class ManagedServer:
+    """A server subprocess on a fixed port that a test may stop and start again."""
+
+    command: list[str]
+    port: int
+    log: Path
+    ready_path: str
+    timeout_s: float
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_http(self.url + self.ready_path, self.process, self.log, self.timeout_s, ok={200})
+
+    def kill(self) -> None:
+        """Gone at once, as a crashed or preempted server is (no graceful shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+
+@contextmanager
+def llama_cpp_server(gguf: Path, workdir: Path, *, threads: int = 2, context: int = 2048) -> Iterator[ManagedServer]:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python) serving a GGUF model; the
+    model name it answers to is the file's path."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ManagedServer(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--n_threads", str(threads), "--n_ctx", str(context), "--verbose", "false"],
+        port, workdir / f"llama-cpp-{port}.log", "/v1/models", START_TIMEOUT_S["llama_cpp"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def transformers_server(model: Path, workdir: Path) -> Iterator[ManagedServer]:
+    """`transformers serve` (OpenAI-compatible, images included for image-text-to-text
+    models) with `model` (a local folder) preloaded; it answers to the folder's path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ManagedServer([program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
+                           port, workdir / f"transformers-{port}.log", "/health", START_TIMEOUT_S["transformers"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def static_web_server(root: Path) -> Iterator[ManagedServer]:
+    """Python's own web server over a folder: answers POST /v1/chat/completions with an
+    HTML error page, as a misconfigured base_url pointing at some other server would."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ManagedServer([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+                           port, root.parent / f"http-{port}.log", "/", START_TIMEOUT_S["http"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class _DelayingHandler(http.server.BaseHTTPRequestHandler):
+    proxy: "DelayingProxy"
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(self.proxy.next_delay())
+        request = urllib.request.Request(self.proxy.upstream + self.path, data=body, method="POST",
+                                         headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as answer:
+                status, payload = answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            status, payload = error.code, error.read()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left: expected here
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class DelayingProxy:
+    """Forwards POSTs to `upstream` after a delay: `delays` in request order, then `then`."""
+
+    def __init__(self, upstream: str, delays: list[float], then: float = 0.0) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.delays = list(delays)
+        self.then = then
+        self.requests = 0
+        self.lock = threading.Lock()
+        handler = type("Handler", (_DelayingHandler,), {"proxy": self})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def next_delay(self) -> float:
+        with self.lock:
+            self.requests += 1
+            return self.delays.pop(0) if self.delays else self.then
+
+    def __enter__(self) -> "DelayingProxy":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -117,12 +117,41 @@ class HFCaptionerConfig(HFModelSource):
     attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: the model's default")
 
 
+class EndpointConfig(Section):
+    """An OpenAI-compatible chat completions endpoint (vLLM, SGLang, TGI, llama.cpp server,
+    Ascend MindIE). The URL and the key are not part of the output fingerprint: the same
+    model behind another server makes the same data."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the API root, up to and including /v1")
+    model: str = Field("", description="model name the server knows (vLLM: the served model name); required")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key "
+                                                                  "(sent as a Bearer token when set); None: no key")
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0.0, description="per request: the longest wait for the whole answer")
+    connect_timeout_s: float = Field(10.0, gt=0.0)
+    max_retries: int = Field(4, ge=0, description="retries after connect errors, timeouts, 429 and 5xx (not other 4xx)")
+    backoff_s: float = Field(1.0, ge=0.0, description="first retry delay; doubles per retry, with jitter; Retry-After wins")
+    backoff_max_s: float = Field(30.0, ge=0.0, description="cap of one retry delay")
+    max_consecutive_failures: int = Field(
+        16, ge=1, description="stop the stage (resumable) after this many failed requests in a row: the endpoint is down, "
+                              "not the samples bad; a batch whose every request cannot connect stops it at once")
+    max_tokens: int = Field(512, ge=1, description="completion tokens per request")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy, the most reproducible")
+    seed: int | None = Field(0, description="sampling seed sent with each request (servers that honour it are reproducible)")
+
+
+class RecaptionEndpointConfig(EndpointConfig):
+    """recaption.openai: a vision-language model behind an OpenAI-compatible endpoint."""
+
+
 class RecaptionConfig(Section):
-    backend: Literal["demo", "hf"] = "demo"
+    backend: Literal["demo", "hf", "openai"] = "demo"
     batch_size: int = Field(16, ge=1, description="samples handed to the caption backend at once")
-    prompt: str = Field("recaption.v1", description="versioned built-in prompt (name.vN) or a prompt file path; model backends only")
+    prompt: str = Field("recaption.v1", description="a built-in prompt (recaption.vN) or a prompt file path; "
+                                                    "model backends only; its hash goes into the fingerprint")
     demo: DemoRecaptionTeacher = DemoRecaptionTeacher()
     hf: HFCaptionerConfig = HFCaptionerConfig()
+    openai: RecaptionEndpointConfig = RecaptionEndpointConfig()
 
     @model_validator(mode="after")
     def _model_named(self) -> "RecaptionConfig":
@@ -232,10 +261,33 @@ class DetectConfig(Section):
         return self
 
 
+class NegativesEndpointConfig(EndpointConfig):
+    """negatives.openai: an instruction-tuned LLM behind an OpenAI-compatible endpoint."""
+
+    max_tokens: int = Field(384, ge=1, description="completion tokens per request (10 short phrases as JSON: ~150)")
+
+
+class CausalLMConfig(HFModelSource):
+    """negatives.hf: a Hugging Face causal LM with a chat template, run in this process."""
+
+    gguf_file: str | None = Field(None, description="a GGUF checkpoint inside `model` (needs the gguf and accelerate packages)")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding (deterministic)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling, when temperature > 0")
+    seed: int = Field(0, description="torch seed set before each batch, when sampling")
+
+
 class NegativesConfig(Section):
-    backend: Literal["rules"] = "rules"
+    backend: Literal["rules", "openai", "hf"] = "rules"
     count: int = Field(10, ge=1)
     max_attempts: int = Field(200, ge=1, description="candidate draws per expression before giving up")
+    batch_size: int = Field(32, ge=1, description="expressions handed to the generator at once (one batched generate, "
+                                                  "or that many concurrent requests)")
+    prompt: str = Field("negatives.v1", description="LLM backends: a built-in prompt (negatives.vN) or a prompt file path")
+    repair: bool = Field(True, description="LLM backends: fill what the model missed with the rules generator "
+                                           "(counted per region); false: such regions get no negatives")
+    openai: NegativesEndpointConfig = NegativesEndpointConfig()
+    hf: CausalLMConfig = CausalLMConfig()
 
 
 class QCConfig(Section):

@@ -10,6 +10,12 @@ positive, each keeping the head noun. A region whose generator cannot deliver th
 `short_expr_negs: []` (flag 0 in FineHARD terms) and a `negatives_incomplete` reject
 (dropped=False): the region is still used for the regional loss, just not the hard one.
 
+The stage hands the generator all regions of a shard in batches of
+`params.negatives.batch_size` (one batched generate, or that many concurrent requests,
+for the LLM backends in `fgclip.llm`). An LLM backend's shortfall is filled by the rules
+generator; those regions keep their negatives and get a `negatives_repaired` note
+(dropped=False), and the run's metrics say how many negatives the model wrote itself.
+
 Output: one negatives_record per regions record, `regions` aligned by index with it.
 `validate_negatives` is the shared definition of a valid negative set (QC imports it).
 """
@@ -23,6 +29,7 @@ import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +141,30 @@ class NegativeGenerationError(Exception):
     negatives and a `negatives_failed` reject, and the shard goes on."""
 
 
+@dataclass(frozen=True)
+class NegativeRequest:
+    """One region's positive expression and its random stream, seeded per (seed, key, region)."""
+
+    expression: str
+    rng: random.Random
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A generator's candidates for one expression, or why it has none.
+
+    `candidates` are the backend's own; `fallback` are fill-ins from another generator
+    (an LLM backend's rules repair), used only after every valid own candidate, and
+    counted apart so the run reports how much of the data the model really wrote."""
+
+    candidates: list[str] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)
+    error: str | None = None  # the region gets no negatives
+    detail: str = ""
+
+
 class NegativeGenerator(ABC):
-    """Proposes hard negatives for one positive expression."""
+    """Proposes hard negatives for positive expressions."""
 
     @abstractmethod
     def identity(self) -> dict[str, Any]:
@@ -145,6 +174,22 @@ class NegativeGenerator(ABC):
     def generate(self, expression: str, count: int, rng: random.Random) -> list[str]:
         """Up to `count` (or more, the stage keeps the first valid `count`) negatives.
         `rng` is seeded per (seed, key, region index): use it for every random choice."""
+
+    def generate_batch(self, requests: Sequence[NegativeRequest], count: int) -> list[Proposal]:
+        """One proposal per request, in order. Model backends override this to answer a
+        whole batch at once; a per-expression failure is a proposal with an error, an
+        exception means the backend itself is gone (the stage stops)."""
+        proposals = []
+        for request in requests:
+            try:
+                proposals.append(Proposal(self.generate(request.expression, count, request.rng)))
+            except NegativeGenerationError as error:
+                proposals.append(Proposal(error="negatives_failed", detail=str(error)))
+        return proposals
+
+    def metrics(self) -> dict[str, float]:
+        """Throughput and other run metrics of the backend (none for rule-based ones)."""
+        return {}
 
 
 GeneratorFactory = Callable[[NegativesConfig], NegativeGenerator]
@@ -286,11 +331,40 @@ def _rules_factory(config: NegativesConfig) -> NegativeGenerator:
     return RulesNegativeGenerator(max_attempts=config.max_attempts)
 
 
-# An LLM generator (OpenAI-compatible endpoint or a local Hugging Face model) registers
-# here; its identity() carries the model name and the prompt's hash.
+# The LLM generators live in fgclip.llm and are imported only when configured (torch,
+# transformers and httpx stay out of the rules path and of `fgclip --help`).
+@register_generator("openai")
+def _openai_factory(config: NegativesConfig) -> NegativeGenerator:
+    from fgclip.llm.negatives_llm import endpoint_generator
+
+    return endpoint_generator(config)
+
+
+@register_generator("hf")
+def _hf_factory(config: NegativesConfig) -> NegativeGenerator:
+    from fgclip.llm.negatives_llm import causal_lm_generator
+
+    return causal_lm_generator(config)
 
 
 # ---------------------------------------------------------------- the stage
+
+@dataclass
+class RegionCounts:
+    """Where the negatives of the run's regions came from (logged to MLflow)."""
+
+    regions: int = 0
+    from_model_only: int = 0  # all `count` negatives are the generator's own
+    repaired: int = 0  # some came from the fallback generator
+    failed: int = 0  # the generator gave an error for the region
+    incomplete: int = 0  # not enough valid negatives even after repair
+    own_negatives: int = 0
+    fallback_negatives: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"negatives.regions_{name}" if name != "regions" else "negatives.regions": float(value)
+                for name, value in vars(self).items()}
+
 
 class NegativesStage(ShardStage):
     name = STAGE
@@ -302,44 +376,79 @@ class NegativesStage(ShardStage):
         self.config = config
         self.seed = seed
         self.generator = generator or build_generator(config)
+        self.counts = RegionCounts()
 
     def shard_inputs(self, shard: str) -> dict[str, Path]:
         return {"regions": annotation_path(self.regions_dir, shard)}
 
     def settings(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(mode="json"), "seed": self.seed, "generator": self.generator.identity()}
+        # The backend sections are left to the generator's identity: it names what decides
+        # the output (model, prompt, decoding), not where the model runs (URL, device).
+        config = self.config.model_dump(mode="json", exclude={"openai", "hf"})
+        return {"config": config, "seed": self.seed, "generator": self.generator.identity()}
 
-    def negatives_for(self, key: str, index: int, positive: str) -> tuple[list[str], tuple[str, str] | None]:
-        """(negatives, None) or ([], (reason, detail)) for one region."""
-        try:
-            raw = self.generator.generate(positive, self.config.count, keyed_random(self.seed, key, index))
-        except NegativeGenerationError as error:
-            return [], ("negatives_failed", f"region {index} {positive!r}: {error}")
-        negatives = select_valid(positive, raw, self.config.count)
-        problems = validate_negatives(positive, negatives, self.config.count)
+    def metrics(self) -> dict[str, float]:
+        return {**self.counts.metrics(), **self.generator.metrics()}
+
+    def negatives_for(self, index: int, positive: str, proposal: Proposal) -> tuple[list[str], tuple[str, str] | None]:
+        """(negatives, None), (negatives, ("negatives_repaired", detail)) or ([], (reason, detail)) for one region."""
+        count = self.config.count
+        self.counts.regions += 1
+        where = f"region {index} {positive!r}"
+        if proposal.error is not None:
+            self.counts.failed += 1
+            return [], ("negatives_failed", f"{where}: {proposal.detail or proposal.error}")
+        own = select_valid(positive, proposal.candidates, count)
+        negatives = select_valid(positive, [*proposal.candidates, *proposal.fallback], count)  # own ones first
+        problems = validate_negatives(positive, negatives, count)
         if problems:
-            return [], ("negatives_incomplete", f"region {index} {positive!r}: {'; '.join(problems)} "
-                                                f"({len(raw)} proposed); written with no negatives")
-        return negatives, None
+            self.counts.incomplete += 1
+            return [], ("negatives_incomplete", f"{where}: {'; '.join(problems)} "
+                                                f"({len(proposal.candidates) + len(proposal.fallback)} proposed); "
+                                                f"written with no negatives")
+        self.counts.own_negatives += len(own)
+        self.counts.fallback_negatives += count - len(own)
+        if len(own) == count:
+            self.counts.from_model_only += 1
+            return negatives, None
+        self.counts.repaired += 1
+        return negatives, ("negatives_repaired", f"{where}: {len(own)} of {count} negatives from the generator, "
+                                                 f"{count - len(own)} from the fallback ({proposal.detail})")
+
+    def _proposals(self, requests: list[NegativeRequest]) -> list[Proposal]:
+        proposals: list[Proposal] = []
+        for start in range(0, len(requests), self.config.batch_size):
+            chunk = requests[start:start + self.config.batch_size]
+            answered = self.generator.generate_batch(chunk, self.config.count)
+            if len(answered) != len(chunk):  # would shift negatives onto other regions
+                raise RuntimeError(f"negative generator returned {len(answered)} proposals for {len(chunk)} expressions")
+            proposals.extend(answered)
+        return proposals
 
     def process_shard(self, shard: str) -> ShardResult:
-        records: list[dict[str, Any]] = []
         rejects: list[Reject] = []
         lines = read_jsonl(annotation_path(self.regions_dir, shard))
+        valid: list[dict[str, Any]] = []
         for number, record in enumerate(lines, 1):
             found = schema.problems("regions_record", record)
             if found:
                 key = record.get("key") if isinstance(record, dict) and isinstance(record.get("key"), str) else None
                 rejects.append(Reject(shard, key, "bad_regions_record", f"regions line {number}: {'; '.join(found)}", stage=STAGE))
-                continue
-            key = record["key"]
+            else:
+                valid.append(record)
+        # Every region of the shard goes to the generator in batches of batch_size, across records.
+        requests = [NegativeRequest(region["short_expr"], keyed_random(self.seed, record["key"], index))
+                    for record in valid for index, region in enumerate(record["regions"])]
+        proposals = iter(self._proposals(requests))
+        records: list[dict[str, Any]] = []
+        for record in valid:
             regions = []
             for index, region in enumerate(record["regions"]):
-                negatives, problem = self.negatives_for(key, index, region["short_expr"])
-                if problem is not None:
-                    rejects.append(Reject(shard, key, problem[0], problem[1], stage=STAGE, dropped=False))
+                negatives, note = self.negatives_for(index, region["short_expr"], next(proposals))
+                if note is not None:
+                    rejects.append(Reject(shard, record["key"], note[0], note[1], stage=STAGE, dropped=False))
                 regions.append({"short_expr_negs": negatives})
-            records.append({"key": key, "regions": regions})
+            records.append({"key": record["key"], "regions": regions})
         return ShardResult(records, rejects, items_in=len(lines))
 
 
@@ -353,6 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
     from fgclip.component import select_shards
+    from fgclip.llm.chat import EndpointDown
 
     # The regions stage's manifests name its finished shards; a shard without one is
     # not finished and must not be read.
@@ -362,7 +472,10 @@ def command(args: argparse.Namespace, params: Params) -> int:
         stage = NegativesStage(args.regions, params.negatives, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
-    summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs={"regions": args.regions}, progress=not args.no_progress, prune=every_shard)
+    try:
+        summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
+                                       inputs={"regions": args.regions}, progress=not args.no_progress, prune=every_shard)
+    except EndpointDown as error:  # finished shards are on disk; a rerun resumes after them
+        raise ComponentError(f"negatives stopped: {error}") from error
     log.info("negatives: %d records in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored))
     return 0

@@ -131,7 +131,10 @@ class RecaptionStage(ShardStage):
         return {"images": self.images_dir / f"{shard}.tar", **self.backend.shard_inputs(shard)}
 
     def settings(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(mode="json"), "seed": self.seed, "backend": self.backend.identity()}
+        # An endpoint section says where a model runs (URL, concurrency): the backend's
+        # identity carries what decides the captions (model, prompt, decoding).
+        config = self.config.model_dump(mode="json", exclude={"openai"})
+        return {"config": config, "seed": self.seed, "backend": self.backend.identity()}
 
     def metrics(self) -> dict[str, float]:
         return self.backend.metrics()
@@ -412,6 +415,13 @@ def _hf_backend(config: RecaptionConfig, resources: BackendResources) -> Caption
     return HFCaptioner(config)
 
 
+@register_backend("openai")
+def _openai_backend(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
+    from fgclip.llm.recaption_openai import endpoint_backend  # httpx only when configured
+
+    return endpoint_backend(config)
+
+
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -423,6 +433,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     from fgclip.cli import ComponentError
     from fgclip.component import run_tracked_stage, select_shards
+    from fgclip.llm.chat import EndpointDown
 
     shards, every_shard = select_shards(args.images, args.shards)
     try:
@@ -430,7 +441,10 @@ def command(args: argparse.Namespace, params: Params) -> int:
     except ValueError as error:
         raise ComponentError(str(error)) from error
     inputs = {"images": args.images, **({"truth": args.truth} if args.truth else {})}
-    summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs=inputs, progress=not args.no_progress, prune=every_shard)
+    try:
+        summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
+                                       inputs=inputs, progress=not args.no_progress, prune=every_shard)
+    except EndpointDown as error:  # finished shards are on disk; a rerun resumes after them
+        raise ComponentError(f"recaption stopped: {error}") from error
     print(json.dumps(summary.as_dict()))
     return 0

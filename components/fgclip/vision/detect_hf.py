@@ -29,7 +29,7 @@ from fgclip.devices import resolve_device, resolve_dtype
 from fgclip.expressions import Expression
 from fgclip.shards import RawSample
 from fgclip.throughput import Throughput
-from fgclip.vision.hf_source import load_or_explain, model_identity
+from fgclip.hf_source import load_or_explain, model_identity
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from fgclip.devices import resolve_device
 from fgclip.expressions import Expression
 from fgclip.shards import RawSample
 from fgclip.throughput import Throughput
-from fgclip.vision.hf_source import ModelLoadError, folder_digest
+from fgclip.hf_source import ModelLoadError, folder_digest
 
 VERSION = "1"
 

@@ -21,7 +21,7 @@ from fgclip.recaption import CaptionBackend, CaptionContext, CaptionResult
 from fgclip.seeding import stable_seed
 from fgclip.shards import RawSample
 from fgclip.throughput import Throughput
-from fgclip.vision.hf_source import ModelLoadError, load_or_explain, model_identity
+from fgclip.hf_source import ModelLoadError, load_or_explain, model_identity
 
 log = logging.getLogger(__name__)
 
