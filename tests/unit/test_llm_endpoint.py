@@ -17,12 +17,12 @@ from fgclip.config import EndpointConfig, NegativesConfig, NegativesEndpointConf
 from fgclip.llm.chat import ChatReply, EndpointDown
 from fgclip.llm.endpoint import ChatEndpoint, parse_completion
 from fgclip.negatives import NegativesStage, validate_negatives
-from fgclip.stage import ShardResult, ShardStage
 from fgclip.shards import annotation_path, read_jsonl, write_jsonl_atomic
 from fgclip.stage import run_stage
 from tests.conftest import run_cli
 from tests.llm_models import demo_expressions, smollm2_gguf
 from tests.servers import DelayingProxy, ManagedServer, free_port, llama_cpp_server, static_web_server
+from tests.stages import write_records
 
 K = 10
 SHORTS = [["large red striped circle", "small blue dotted square"], ["wooden chair", "man"]]
@@ -77,28 +77,10 @@ def test_negatives_from_llama_cpp_are_validated_and_repairs_counted(llama: Manag
     assert identity["generator"]["engine"] == "openai" and "base_url" not in str(identity)
 
 
-class RegionsStage(ShardStage):
-    """Writes regions records with manifests, as detect does, for the negatives CLI to read."""
-
-    name, record_kind = "detect", "regions_record"
-
-    def __init__(self, records):
-        self.records = records
-
-    def shard_inputs(self, shard):
-        return {}
-
-    def settings(self):
-        return {}
-
-    def process_shard(self, shard):
-        return ShardResult(self.records, [], len(self.records))
-
-
 def test_the_cli_switches_to_the_endpoint_by_params_alone(llama: ManagedServer, tmp_path: Path) -> None:
     records = [{"key": "k0", "width": 64, "height": 48, "regions": [
         {"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": "large red striped circle", "long_expr": "x"}]}]
-    run_stage(RegionsStage(records), ["00000"], tmp_path / "regions", progress=False)
+    write_records(records, tmp_path / "regions")
     overrides = {"tracking.enabled": "false", "negatives.backend": "openai", "negatives.openai.base_url": llama.url + "/v1",
                  "negatives.openai.model": model_name(llama), "negatives.openai.max_tokens": "96"}
     run_cli(["--params", str(tmp_path / "none.yaml"), *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],

@@ -15,7 +15,8 @@ from fgclip.expressions import head_noun
 from fgclip.negatives import (NegativeGenerationError, NegativeGenerator, NegativesStage, RulesNegativeGenerator,
                               build_generator, clean_expression, postprocess, select_valid, validate_negatives)
 from fgclip.shards import annotation_path, read_jsonl, write_jsonl_atomic
-from fgclip.stage import ShardResult, ShardStage, run_stage
+from fgclip.stage import ShardResult, run_stage
+from tests.stages import write_records
 
 K = 10
 EXPRESSIONS = ["large red striped circle", "circle", "man", "blue striped shirt", "small green square",
@@ -172,27 +173,8 @@ def test_stage_run_over_a_tiny_regions_folder(tmp_path):
     assert annotation_path(tmp_path / "again", "00000").read_bytes() == annotation_path(tmp_path / "out", "00000").read_bytes()
 
 
-class RecordsStage(ShardStage):
-    """Writes given regions records, so the negatives CLI finds real manifests."""
-
-    name = "detect"
-    record_kind = "regions_record"
-
-    def __init__(self, records):
-        self.records = records
-
-    def shard_inputs(self, shard):
-        return {}
-
-    def settings(self):
-        return {}
-
-    def process_shard(self, shard):
-        return ShardResult(self.records, [], len(self.records))
-
-
 def test_command_reads_finished_shards_and_writes_the_report(tmp_path):
-    run_stage(RecordsStage([regions_record("k0", "red circle")]), ["00000"], tmp_path / "regions", progress=False)
+    write_records([regions_record("k0", "red circle")], tmp_path / "regions")
     params = load_params(None, {"tracking.enabled": False})
     args = argparse.Namespace(shards=None, regions=str(tmp_path / "regions"), out=str(tmp_path / "out"),
                               report=str(tmp_path / "report.json"), no_progress=True)

@@ -111,9 +111,6 @@ def test_each_validator_catches_its_defect(changes, check):
 
 
 def test_negatives_validator_uses_validate_negatives():
-    negatives_module = pytest.importorskip("fgclip.negatives")
-    if not hasattr(negatives_module, "validate_negatives"):
-        pytest.skip("fgclip.negatives.validate_negatives does not exist yet")
     rules = qc.ValidationRules(0.0005, 1.0, 8, 400, 10)  # the real validator, imported lazily
     good = colour_negatives("a red striped circle", "red")
     assert qc.check_negatives(make_item(negatives=good), rules) == []

@@ -14,7 +14,6 @@ import pytest
 from fgclip import storage
 from tests.servers import S3Server, free_port, s3_server
 
-pytest.importorskip("boto3")
 
 
 @pytest.fixture(scope="module")
