@@ -368,7 +368,10 @@ class DetectStage(ShardStage):
         return inputs
 
     def settings(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(mode="json"), "seed": self.seed,
+        # Model backend sections also say where a model runs (device, local path); the
+        # extractor's and detector's identities carry what decides the output.
+        config = self.config.model_dump(mode="json", exclude={"spacy", "owlv2", "grounding_dino", "yolo_world"})
+        return {"config": config, "seed": self.seed,
                 "extractor": self.extractor.identity(), "detector": self.detector.identity()}
 
     def _captions(self, shard: str, rejects: list[Reject]) -> dict[str, str]:

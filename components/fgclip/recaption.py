@@ -131,9 +131,9 @@ class RecaptionStage(ShardStage):
         return {"images": self.images_dir / f"{shard}.tar", **self.backend.shard_inputs(shard)}
 
     def settings(self) -> dict[str, Any]:
-        # An endpoint section says where a model runs (URL, concurrency): the backend's
-        # identity carries what decides the captions (model, prompt, decoding).
-        config = self.config.model_dump(mode="json", exclude={"openai"})
+        # A model backend's section also says where it runs (URL, device, local path): its
+        # identity carries what decides the captions (model and digest, prompt, decoding).
+        config = self.config.model_dump(mode="json", exclude={"hf", "openai"})
         return {"config": config, "seed": self.seed, "backend": self.backend.identity()}
 
     def metrics(self) -> dict[str, float]:
