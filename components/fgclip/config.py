@@ -510,9 +510,12 @@ class OrchestrationConfig(Section):
     control_component: str = Field("publish", description="kubernetes runtime: the kubernetes.component_pools entry whose "
                                                           "(cpu) pool runs the control pods (shard groups, publish, checkout)")
     data_form: tuple[str, ...] = Field(
-        ("recaption.backend", "detect.backend", "detect.extractor", "negatives.backend", "negatives.count",
-         "qc.sample_size", "qc.max_noise_upper"),
-        description="params.yaml keys shown in the data build's trigger form")
+        ("recaption.backend", "recaption.hf.model", "recaption.openai.base_url", "recaption.openai.model",
+         "detect.extractor", "detect.backend", "detect.owlv2.model", "detect.grounding_dino.model",
+         "detect.yolo_world.weights", "negatives.backend", "negatives.hf.model", "negatives.openai.base_url",
+         "negatives.openai.model", "negatives.count", "qc.sample_size", "qc.max_noise_upper"),
+        description="params.yaml keys shown in the data build's trigger form (each backend with the model it needs, "
+                    "so a run switches to real models from the UI)")
     train_form: tuple[str, ...] = Field(("train.recipe",), description="params.yaml keys shown in the train DAG's trigger form")
     max_nodes: int = Field(64, ge=1, description="upper bound of the train DAG's number-of-nodes field")
     retries: int = Field(1, ge=0, description="task retries after a crash (never after a user error or a failed gate)")
