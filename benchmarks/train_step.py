@@ -36,7 +36,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import os
 import resource
 import sys
 import time

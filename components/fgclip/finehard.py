@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fgclip.join import LAYOUT_KEY, RECORD_FIELDS, REGION_FIELDS, join_shard, split_layout
-from fgclip.shards import KEY_PATTERN, SHARD_PATTERN, Reject, ShardSample, list_shards, write_image_shard
+from fgclip.shards import KEY_PATTERN, SHARD_PATTERN, Reject, ShardSample, batched, list_shards, write_image_shard
 from fgclip.stage import ShardResult, ShardStage, run_stage
 from fgclip.storage import local_path, sha256_file, write_text_atomic
 
@@ -275,17 +275,6 @@ class ImportedAnnotations(ShardStage):
         return ShardResult(spilled[self.kind], rejects, items_in)
 
 
-def _chunks(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _remove_stale_image_shards(images_dir: Path, keep: set[str]) -> None:
     for path in images_dir.iterdir():
         shard, _, suffix = path.name.partition(".")
@@ -360,7 +349,7 @@ def import_finehard(annotations: Sequence[str | Path], image_root: str | Path, o
                 "annotations": [{"name": Path(p).name, "sha256": sha256_file(p)} for p in annotations]}
     with tempfile.TemporaryDirectory(prefix="fgclip-finehard-") as spill:
         job = ImportJob(local_path(image_root), images_dir, Path(spill), key_prefix, missing_score, summary)
-        chunks = _chunks(_all_records(annotations, summary.formats), shard_size)
+        chunks = batched(_all_records(annotations, summary.formats), shard_size)
         for number, chunk in enumerate(tqdm(chunks, desc="finehard import", unit="shard", disable=not progress)):
             job.convert_shard(f"{number:05d}", number * shard_size, chunk)
         _remove_stale_image_shards(images_dir, set(summary.shards))

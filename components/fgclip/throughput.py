@@ -30,13 +30,12 @@ class Throughput:
         self.items += items
         self.tokens += tokens
 
-    def metrics(self, prefix: str = "backend") -> dict[str, float]:
-        """`<prefix>.<unit>_per_second`, `<prefix>.tokens_per_second` and the totals."""
-        rate = (lambda count: count / self.seconds if self.seconds > 0 else 0.0)
-        return {
-            f"{prefix}.{self.unit}": float(self.items),
-            f"{prefix}.tokens": float(self.tokens),
-            f"{prefix}.seconds": round(self.seconds, 3),
-            f"{prefix}.{self.unit}_per_second": round(rate(self.items), 3),
-            f"{prefix}.tokens_per_second": round(rate(self.tokens), 3),
-        }
+    def metrics(self, prefix: str = "backend", **counts: int) -> dict[str, float]:
+        """`<prefix>.<unit>_per_second`, `<prefix>.tokens_per_second` and the totals, plus a
+        total and a rate over the same time for each extra count (e.g. expressions=...)."""
+        totals = {self.unit: self.items, "tokens": self.tokens, **counts}
+        metrics = {f"{prefix}.seconds": round(self.seconds, 3)}
+        for name, count in totals.items():
+            metrics[f"{prefix}.{name}"] = float(count)
+            metrics[f"{prefix}.{name}_per_second"] = round(count / self.seconds, 3) if self.seconds > 0 else 0.0
+        return metrics

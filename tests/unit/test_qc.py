@@ -303,10 +303,6 @@ def cli_run(tmp_path, monkeypatch):
         yield tracker
 
     monkeypatch.setattr("fgclip.tracking.tracked_run", fake_tracked_run)
-    try:
-        from fgclip.negatives import validate_negatives  # noqa: F401
-    except ImportError:  # not written yet: the negatives test above covers the real one
-        monkeypatch.setattr(qc, "default_negatives_check", lambda: stub_negatives_check)
 
     def run(*extra: str, **overrides):
         parser = argparse.ArgumentParser()

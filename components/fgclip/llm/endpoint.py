@@ -158,6 +158,7 @@ class ChatEndpoint(ChatEngine):
     def _request(self, conversation: Conversation) -> ChatReply:
         payload = self._payload(conversation)
         reply: ChatReply | None = None
+        server_asks: float | None = None  # the last answer's Retry-After
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 time.sleep(self._delay(attempt - 1, server_asks))

@@ -63,10 +63,7 @@ class HFZeroShotDetector(Detector):
                 "max_candidates": s.max_candidates}
 
     def metrics(self) -> dict[str, float]:
-        prefix = "detect.backend"
-        seconds = self.throughput.seconds
-        return {**self.throughput.metrics(prefix), f"{prefix}.expressions": float(self.expressions),
-                f"{prefix}.expressions_per_second": round(self.expressions / seconds, 3) if seconds > 0 else 0.0}
+        return self.throughput.metrics("detect.backend", expressions=self.expressions)
 
     def query(self, expression: Expression) -> str:
         text = expression.short_expr if self.settings.query == "short" else expression.long_expr

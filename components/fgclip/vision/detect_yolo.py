@@ -15,7 +15,6 @@ tests/vision/test_detect_yolo.py); the GPU images install ultralytics.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from fgclip.devices import resolve_device
 from fgclip.expressions import Expression
 from fgclip.shards import RawSample
 from fgclip.throughput import Throughput
-from fgclip.hf_source import ModelLoadError, folder_digest
+from fgclip.hf_source import ModelLoadError
+from fgclip.storage import sha256_file
 
 VERSION = "1"
 
@@ -44,14 +44,7 @@ def load_yolo_world(weights: str) -> Any:
 
 
 def weights_digest(weights: str) -> str:
-    path = Path(weights)
-    if not path.is_file():
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(weights) if Path(weights).is_file() else ""
 
 
 def vocabulary(items: Sequence[DetectItem], name_of: Any) -> list[str]:
@@ -97,10 +90,7 @@ class YoloWorldDetector(Detector):
                 "query": s.query, "candidate_min_score": s.candidate_min_score, "max_candidates": s.max_candidates}
 
     def metrics(self) -> dict[str, float]:
-        prefix = "detect.backend"
-        seconds = self.throughput.seconds
-        return {**self.throughput.metrics(prefix), f"{prefix}.expressions": float(self.expressions),
-                f"{prefix}.expressions_per_second": round(self.expressions / seconds, 3) if seconds > 0 else 0.0}
+        return self.throughput.metrics("detect.backend", expressions=self.expressions)
 
     def class_name(self, expression: Expression) -> str:
         return expression.short_expr if self.settings.query == "short" else expression.long_expr
