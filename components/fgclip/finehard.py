@@ -29,14 +29,12 @@ import io
 import json
 import logging
 import math
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
@@ -44,7 +42,7 @@ from tqdm import tqdm
 from fgclip.join import LAYOUT_KEY, RECORD_FIELDS, REGION_FIELDS, join_shard, split_layout
 from fgclip.shards import KEY_PATTERN, SHARD_PATTERN, Reject, ShardSample, batched, list_shards, write_image_shard
 from fgclip.stage import ShardResult, ShardStage, run_stage
-from fgclip.storage import local_path, sha256_file, write_text_atomic
+from fgclip.storage import atomic_local_file, local_path, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -362,23 +360,6 @@ def import_finehard(annotations: Sequence[str | Path], image_root: str | Path, o
 
 # ---------------------------------------------------------------- export
 
-@contextmanager
-def _atomic_text(path: Path) -> Iterator[IO[str]]:
-    """A text file written under a temporary name and renamed into place when complete
-    (streamed: an export can be far larger than memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_for(path: str | Path, fmt: str | None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
@@ -394,7 +375,7 @@ def export_finehard(images: str | Path, captions: str | Path, regions: str | Pat
     join counts (joined, missing_*, ...)."""
     fmt = format_for(out, fmt)
     counts: Counter = Counter()
-    with _atomic_text(local_path(out)) as handle:
+    with atomic_local_file(local_path(out), "w", encoding="utf-8") as handle:
         if fmt == "json":
             handle.write("[")
         first = True

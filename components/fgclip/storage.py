@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -56,25 +56,32 @@ def is_s3(url: str | Path) -> bool:
     return urlparse(str(url)).scheme == S3_SCHEME
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    if is_s3(path):
-        location = S3Location.parse(path)
-        with _s3_errors(location):
-            s3_client().put_object(Bucket=location.bucket, Key=location.key, Body=data)
-        return
-    target = local_path(path)
+@contextmanager
+def atomic_local_file(target: Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """A handle on a temporary file beside `target`, renamed onto it only when the block
+    ends without an error (flushed and fsynced first); on an error the temporary goes."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    if is_s3(path):
+        location = S3Location.parse(path)
+        with _s3_errors(location):
+            s3_client().put_object(Bucket=location.bucket, Key=location.key, Body=data)
+        return
+    with atomic_local_file(local_path(path)) as handle:
+        handle.write(data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -180,19 +187,9 @@ def copy_file(source: str | Path, target: str | Path) -> None:
 
 
 def _copy_local(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_local_file(target) as out, open(source, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            out.write(chunk)
 
 
 # ------------------------------------------------------------------------------- S3
