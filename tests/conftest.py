@@ -38,3 +38,22 @@ def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     if check and result.returncode != 0:
         raise AssertionError(f"fgclip {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def dvc_workspace(root: Path, params: dict) -> Path:
+    """A fresh DVC project in `root` running this checkout's components: the package,
+    dvc.yaml, the given params, git and dvc initialised (analytics off)."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(REPO_ROOT / "components", root / "components",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # tool_env puts this interpreter's bin folder (its dvc) first on PATH
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        result = subprocess.run(command, cwd=root, env=tool_env(), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return root

@@ -10,7 +10,6 @@ event) -> model in the registry with the gate's decision; then a rerun whose QC 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, tool_env
+from tests.conftest import REPO_ROOT, dvc_workspace, tool_env
 from tests.servers import S3Server, mlflow_server, program, s3_server
 
 pytestmark = pytest.mark.slow
@@ -66,16 +65,7 @@ def servers(tmp_path_factory) -> Iterator[tuple[S3Server, str]]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("workspace")
-    shutil.copytree(REPO_ROOT / "components", root / "components",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
-    env = tool_env()
-    _run(["git", "init", "-q"], root, env)
-    _run([program("dvc"), "init", "-q"], root, env)
-    _run([program("dvc"), "config", "core.analytics", "false"], root, env)
-    return root
+    return dvc_workspace(tmp_path_factory.mktemp("workspace"), _tiny_params())
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ of the project (its own git + DVC repo), exactly as a user runs it."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, tool_env
+from tests.conftest import REPO_ROOT, dvc_workspace, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +35,8 @@ def _tiny_params(base: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(REPO_ROOT / "components", root / "components",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(params), sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["dvc", "init", "-q"], root)
-    _run(["dvc", "config", "core.analytics", "false"], root)
+    root = dvc_workspace(tmp_path_factory.mktemp("project"), _tiny_params(params))
     # only the data stages: training has its own end-to-end test
     _run(["dvc", "repro", "qc"], root)
     return root
