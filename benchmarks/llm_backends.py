@@ -28,19 +28,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "components")]  # fgclip from this checkout; tests' model builders
 
-from fgclip.config import CausalLMConfig, EndpointConfig  # noqa: E402
+from fgclip.llm.config import CausalLMConfig, EndpointConfig  # noqa: E402
 from fgclip.llm.chat import ChatEngine  # noqa: E402
-from fgclip.prompts import load_prompt  # noqa: E402
-from fgclip.throughput import Throughput  # noqa: E402
-from tests.llm_models import build_tiny_causal_lm, demo_expressions  # noqa: E402
+from fgclip.core.prompts import load_prompt  # noqa: E402
+from fgclip.data.negatives.interface import PROMPT_PACKAGE  # noqa: E402
+from fgclip.core.throughput import Throughput  # noqa: E402
+from tests.support.llm_models import build_tiny_causal_lm, demo_expressions  # noqa: E402
 
 COUNT = 10
 
 
 def conversations(expressions: list[str]) -> list[list[dict[str, str]]]:
-    from fgclip.expressions import head_noun
+    from fgclip.text.words import head_noun
 
-    prompt = load_prompt("negatives.v1")
+    prompt = load_prompt("negatives.v1", PROMPT_PACKAGE)
     return [[{"role": "user", "content": prompt.render(expression=e, count=str(COUNT), noun=head_noun(e) or e)}]
             for e in expressions]
 

@@ -31,13 +31,17 @@ for entry in (ROOT / "components", ROOT):  # a checkout without `pip install -e 
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from fgclip import demo_world  # noqa: E402
-from fgclip.config import DemoWorldConfig, DetectConfig, RecaptionConfig, load_params  # noqa: E402
-from fgclip.detect import DetectContext, DetectItem, build_detector  # noqa: E402
-from fgclip.expressions import build_extractor  # noqa: E402
-from fgclip.recaption import BackendResources, CaptionContext, describe, make_backend  # noqa: E402
-from fgclip.shards import RawShardReader, batched, read_jsonl  # noqa: E402
-from fgclip.throughput import Throughput  # noqa: E402
+from fgclip.demo import world as demo_world  # noqa: E402
+from fgclip.config import load_params
+from fgclip.data.detect.config import DetectConfig
+from fgclip.data.recaption.config import RecaptionConfig
+from fgclip.demo.config import DemoWorldConfig  # noqa: E402
+from fgclip.data.detect.interface import DetectContext, DetectItem, build_detector  # noqa: E402
+from fgclip.data.detect.expressions import build_extractor  # noqa: E402
+from fgclip.data.recaption.interface import BackendResources, CaptionContext, make_backend
+from fgclip.demo.captions import describe  # noqa: E402
+from fgclip.core.shards import RawShardReader, batched, read_jsonl  # noqa: E402
+from fgclip.core.throughput import Throughput  # noqa: E402
 
 
 def demo_samples(folder: Path, count: int) -> tuple[list[Any], list[str]]:
@@ -142,7 +146,7 @@ def main() -> None:
         def model_or_tiny(given: str | None, builder: str) -> str:
             if given:
                 return given
-            from tests.vision import tiny_models
+            from tests.support import tiny_vision_models as tiny_models
 
             return str(getattr(tiny_models, builder)(work / builder))
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from airflow.sdk import chain, dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
-from fgclip.orchestration.runtime import stage_task
-from fgclip.orchestration.tasks import data_form, prepare_task, publish_task, shard_groups_task
+from fgclip.orchestration.tasks.stages import stage_task
+from fgclip.orchestration.tasks.control import data_form, prepare_task, publish_task, shard_groups_task
 
 PROJECT = load_project(project_root(Path(__file__).resolve().parent))
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from airflow.sdk import chain, dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
-from fgclip.orchestration.runtime import stage_task
-from fgclip.orchestration.tasks import (
+from fgclip.orchestration.tasks.stages import stage_task
+from fgclip.orchestration.tasks.control import (
     checkout_task,
     dataset_asset,
     decision_task,

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+#: Fixtures shared across test folders (tiny CLIP models built from config).
+pytest_plugins = ["tests.support.tiny_clip"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 

@@ -16,24 +16,21 @@ from collections.abc import Sequence
 import yaml
 
 from fgclip.config import load_params, parse_override
+from fgclip.errors import ComponentError, ExitCode
 
 COMPONENTS: dict[str, str] = {
-    "demo-world": "fgclip.demo_world",
-    "recaption": "fgclip.recaption",
-    "detect": "fgclip.detect",
-    "negatives": "fgclip.negatives",
-    "qc": "fgclip.qc",
-    "finehard": "fgclip.finehard",
+    "demo-world": "fgclip.demo.cli",
+    "recaption": "fgclip.data.recaption.cli",
+    "detect": "fgclip.data.detect.cli",
+    "negatives": "fgclip.data.negatives.cli",
+    "qc": "fgclip.data.qc.cli",
+    "finehard": "fgclip.data.finehard.cli",
     "init-model": "fgclip.train.init_model",
     "train": "fgclip.train.command",
-    "register": "fgclip.register",
-    "eval": "fgclip.evaluate",
-    "eval-table": "fgclip.eval_table",
+    "register": "fgclip.registry.cli",
+    "eval": "fgclip.eval.cli",
+    "eval-table": "fgclip.eval.table",
 }
-
-
-class ComponentError(Exception):
-    """A failure the user can act on: printed as one clear line, exit code 2."""
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -72,12 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComponentError as error:
         logging.getLogger("fgclip").error("%s", error)
         print(f"fgclip {args.component}: error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
 
 
 if __name__ == "__main__":
-    # `python -m fgclip.cli` runs this file as __main__, a second copy of the module;
-    # call the imported one so its ComponentError is the one components raise.
-    from fgclip.cli import main as installed_main
-
-    sys.exit(installed_main())
+    sys.exit(main())

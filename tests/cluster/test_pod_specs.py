@@ -13,7 +13,8 @@ from pydantic import ValidationError
 pytest.importorskip("airflow.providers.cncf.kubernetes", reason="needs apache-airflow-providers-cncf-kubernetes")
 pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate (offline Kubernetes schemas)")
 
-from fgclip.config import KubernetesConfig, Params  # noqa: E402
+from fgclip.config import Params
+from fgclip.orchestration.config import KubernetesConfig  # noqa: E402
 from fgclip.orchestration.kubernetes import (  # noqa: E402
     build_pod_spec,
     fgclip_arguments,

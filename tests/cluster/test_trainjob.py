@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client.exceptions import ApiException
 
 from fgclip.config import Params
-from fgclip.orchestration.kubernetes import (
+from fgclip.orchestration.trainjob import (
     JOBSET_NAME_LABEL,
     TrainJobOperator,
     training_component,

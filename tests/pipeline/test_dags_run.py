@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, dvc_workspace, tool_env
-from tests.servers import S3Server, mlflow_server, program, s3_server
+from tests.support.servers import S3Server, mlflow_server, program, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_data_build_runs_the_dvc_commands_once_per_shard_group(data_run) -> None
 
 
 def test_publish_puts_the_version_on_s3_and_emits_the_asset(data_run, servers, workspace, env, monkeypatch) -> None:
-    from fgclip import storage
+    from fgclip.core import storage
 
     s3, _ = servers
     for name, value in s3.env().items():
@@ -148,7 +148,7 @@ def test_train_registers_the_model_with_the_gate_decision(data_run, env, workspa
     assert "register" in commands
     from mlflow import MlflowClient
 
-    from fgclip import storage
+    from fgclip.core import storage
 
     s3, tracking = servers
     version = _result(data_run, "publish")["version"]

@@ -104,14 +104,14 @@ def test_every_stage_runs_in_exactly_one_dag_in_dvc_order(dags, dvc_stages, proj
 
 
 def test_the_local_runtime_runs_exactly_the_dvc_command(dvc_stages, project, monkeypatch) -> None:
-    from fgclip.orchestration import runtime
+    from fgclip.orchestration import process
 
     ran: list[list[str]] = []
-    monkeypatch.setattr(runtime, "run_command",
-                        lambda argv, **kw: ran.append(list(argv)) or runtime.CommandResult(list(argv), 0, 0.0))
+    monkeypatch.setattr(process, "run_command",
+                        lambda argv, **kw: ran.append(list(argv)) or process.CommandResult(list(argv), 0, 0.0))
     for stage in project.pipeline.stages:
         shards = ["00003", "00004"] if stage.fan_out else None
-        result = runtime.run_stage_locally(project, stage, shards)
+        result = process.run_stage_locally(project, stage, shards)
         expected = shlex.split(dvc_stages[stage.name]["cmd"]) + (["--shards", *shards] if shards else [])
         assert ran[-1] == expected == result["cmd"], stage.name
 
@@ -145,13 +145,13 @@ def test_the_trigger_forms_set_params_their_stages_track(dags, dvc_stages, proje
 
 
 def test_kubernetes_pods_run_the_dvc_command_too(dvc_stages, project) -> None:
-    from fgclip.orchestration import runtime
+    from fgclip.orchestration.tasks import stages
 
     for stage in project.pipeline.stages:
         if stage.component == "train":
             continue  # a TrainJob: tests/cluster checks its command
         shards = ["00007"] if stage.fan_out else None
-        kwargs = runtime._pod_kwargs(project, stage, shards)
+        kwargs = stages._pod_kwargs(project, stage, shards)
         expected = shlex.split(dvc_stages[stage.name]["cmd"]) + (["--shards", *shards] if shards else [])
         assert kwargs["cmds"][0] == expected[0] and kwargs["arguments"] == expected[1:], stage.name
         extra = kwargs["cmds"][1:]  # only global options: --params FILE and --set KEY=VALUE pairs

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fgclip.throughput import Throughput
-
-REASON_PATTERN = re.compile(r"^[a-z_]+$")  # the data contract's reject reasons
+from fgclip.core.schema import check_text_or_reason
+from fgclip.core.throughput import Throughput
 
 Message = dict[str, Any]  # {"role": ..., "content": str | [parts]} as in the OpenAI chat API
 Conversation = list[Message]
@@ -32,10 +30,7 @@ class ChatReply:
     truncated: bool = False  # the answer hit the token limit
 
     def __post_init__(self) -> None:
-        if (self.text is None) == (self.error is None):
-            raise ValueError("a ChatReply holds either a text or an error")
-        if self.error is not None and not REASON_PATTERN.match(self.error):
-            raise ValueError(f"reason {self.error!r} must match {REASON_PATTERN.pattern}")
+        check_text_or_reason("ChatReply", self.text, self.error)
 
     @property
     def ok(self) -> bool:

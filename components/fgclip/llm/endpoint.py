@@ -27,9 +27,9 @@ from typing import Any
 
 import httpx
 
-from fgclip.config import EndpointConfig
+from fgclip.llm.config import EndpointConfig
 from fgclip.llm.chat import ChatEngine, ChatReply, Conversation, EndpointDown
-from fgclip.throughput import Throughput
+from fgclip.core.throughput import Throughput
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fgclip.config import CausalLMConfig
-from fgclip.devices import resolve_device, resolve_dtype
-from fgclip.hf_source import load_or_explain, model_identity
+from fgclip.llm.config import CausalLMConfig
+from fgclip.core.devices import resolve_device, resolve_dtype
+from fgclip.core.hf_source import load_or_explain, model_identity
 from fgclip.llm.chat import ChatEngine, ChatReply, Conversation
-from fgclip.throughput import Throughput
+from fgclip.core.throughput import Throughput
 
 log = logging.getLogger(__name__)
 

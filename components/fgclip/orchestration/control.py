@@ -18,19 +18,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fgclip.orchestration.pipeline import (
-    PARAMS_FILE,
-    PipelineError,
-    Project,
-    group_label,
-    list_shard_names,
-    load_project,
-    shard_groups,
-)
+from io import StringIO
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+
+from fgclip.config import load_params, parse_override
+from fgclip.core.storage import write_text_atomic
+from fgclip.core.tracking import tracking_uri
+from fgclip.errors import ExitCode
+from fgclip.orchestration.dataset import DatasetError, checkout_version
+from fgclip.orchestration.dataset import publish as publish_dataset
+from fgclip.orchestration.pipeline import (PARAMS_FILE, PipelineError, Project, group_label, list_shard_names,
+                                           load_project, shard_groups)
 
 log = logging.getLogger(__name__)
 
-USER_ERROR_EXIT_CODE = 2
 #: Where the KubernetesPodOperator's XCom sidecar picks up a pod's result.
 POD_XCOM_FILE = "/airflow/xcom/return.json"
 DECISION_FILE_FLAG = "--decision-out"
@@ -47,14 +50,6 @@ def apply_params(root: Path, values: Mapping[str, Any]) -> dict[str, Any]:
 
     The whole file is validated with the new values before it is written, and its layout
     and comments are kept (ruamel round trip)."""
-    from io import StringIO
-
-    from pydantic import ValidationError
-    from ruamel.yaml import YAML
-
-    from fgclip.config import load_params
-    from fgclip.storage import write_text_atomic
-
     path = root / PARAMS_FILE
     current = load_params(path).model_dump(mode="json")
     changed: dict[str, Any] = {}
@@ -102,9 +97,6 @@ def list_groups(project: Project, first: int | None, last: int | None) -> list[l
 def publish(project: Project, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Apply the run's params (a pod got them as --set), then publish the dataset version;
     returns what the dataset Asset event carries."""
-    from fgclip.orchestration.dataset import DatasetError
-    from fgclip.orchestration.dataset import publish as publish_dataset
-
     if values:
         apply_params(project.root, values)
         project = load_project(project.root)
@@ -117,8 +109,6 @@ def publish(project: Project, values: Mapping[str, Any] | None = None) -> dict[s
 
 
 def checkout(project: Project, version: str) -> dict[str, Any]:
-    from fgclip.orchestration.dataset import DatasetError, checkout_version
-
     try:
         return checkout_version(project, version)
     except DatasetError as error:
@@ -136,8 +126,6 @@ def register_stage(project: Project) -> str:
 def _tracking_uri(project: Project) -> str:
     """The tracking URI the components used (they run in the workspace, so a relative
     sqlite path is relative to it)."""
-    from fgclip.tracking import tracking_uri
-
     uri = tracking_uri(project.params.tracking)
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
@@ -158,6 +146,7 @@ def decision(project: Project, dataset_version: str | None = None) -> dict[str, 
         raise ControlError(f"the {stage.name} stage wrote no decision file {path}")
     result = json.loads(path.read_text())
     if dataset_version:
+        # MLflow only when a step needs it: the DAG files import this module at every parse.
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=_tracking_uri(project)).set_model_version_tag(
@@ -176,8 +165,6 @@ def _optional_int(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fgclip.config import parse_override
-
     parser = argparse.ArgumentParser(prog="python -m fgclip.orchestration.control", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=".", help="the DVC project (default: the working directory)")
     parser.add_argument("--xcom-file", default=None, metavar="FILE",
@@ -219,11 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args)
     except (ControlError, PipelineError) as error:
         print(f"{args.step}: error: {error}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
+        return ExitCode.USER_ERROR
     text = json.dumps(result, sort_keys=True)
     if args.xcom_file:
-        from fgclip.storage import write_text_atomic
-
         write_text_atomic(args.xcom_file, text)
     print(text)
     return 0

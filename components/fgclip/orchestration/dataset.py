@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 import yaml
 
 from fgclip.orchestration.pipeline import Project, StageSpec
-from fgclip.orchestration.runtime import CommandResult, StageFailed, command_env, run_command
-from fgclip.storage import is_s3, read_text, s3_settings, write_text_atomic
+from fgclip.orchestration.process import CommandResult, StageFailed, command_env, resolve_program, run_command
+from fgclip.core.storage import is_s3, read_text, s3_settings, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,6 @@ def ensure_remote(project: Project) -> str:
 
 
 def _configured_remote(project: Project, name: str) -> str:
-    import subprocess
-
-    from fgclip.orchestration.runtime import resolve_program
-
     result = subprocess.run(resolve_program(["dvc", "remote", "list"]), cwd=project.root, capture_output=True,
                             text=True, env=command_env(project.settings), check=False)
     for line in result.stdout.splitlines():

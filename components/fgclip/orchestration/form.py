@@ -21,6 +21,10 @@ _SCHEMA_WORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "excl
                  "minLength", "maxLength", "pattern", "items", "minItems", "maxItems", "format")
 
 
+#: The form field of the number of training nodes (the kubernetes runtime's TrainJob).
+NUM_NODES = "num_nodes"
+
+
 def form_name(key: str) -> str:
     """Form field name of a dotted params key: recaption.backend -> recaption_backend
     (dots would read as nesting in the form)."""
@@ -87,3 +91,12 @@ def form_fields(keys: Iterable[str], params: Params) -> dict[str, dict[str, Any]
 def overrides(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """{dotted key: value} of the form's values for `keys` (missing values are left out)."""
     return {key: values[form_name(key)] for key in keys if form_name(key) in values}
+
+
+def form_set_flags(keys: tuple[str, ...]) -> list[str]:
+    """`--set key=<the form's value>` for each key, rendered when the task runs (JSON is YAML,
+    which is how `fgclip --set` reads a value)."""
+    flags: list[str] = []
+    for key in keys:
+        flags += ["--set", f"{key}={{{{ params.{form_name(key)} | tojson }}}}"]
+    return flags

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-from fgclip.config import OrchestrationConfig, Params, load_params
+from fgclip.core.storage import list_files
+from fgclip.config import Params, load_params
+from fgclip.orchestration.config import OrchestrationConfig
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
@@ -326,8 +328,6 @@ def load_project(root: str | Path) -> Project:
 
 def list_shard_names(folder: str | Path) -> list[str]:
     """NNNNN of every NNNNN.tar directly in `folder` (local or s3://)."""
-    from fgclip.storage import list_files
-
     return sorted(name[: -len(SHARD_SUFFIX)] for name in list_files(folder, SHARD_SUFFIX) if "/" not in name)
 
 

@@ -9,8 +9,17 @@ LOCAL_RANK / MASTER_ADDR / MASTER_PORT come from the launcher.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from fgclip.config import Params
+from transformers.utils import logging as hf_logging
+
+from fgclip.errors import ComponentError
+from fgclip.train.examples import AnnotationDirs
+from fgclip.train.job import TrainingError, TrainJob
+from fgclip.train.loop import run_training
+
+if TYPE_CHECKING:
+    from fgclip.config import Params
 
 HELP = "train FG-CLIP, stage 1 (global) or stage 2 (+ regional + hard negatives), with DeepSpeed ZeRO-2"
 
@@ -30,10 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
-    from fgclip.cli import ComponentError
-    from fgclip.train.examples import AnnotationDirs
-    from fgclip.train.loop import TrainingError, TrainJob, run_training
-
     if args.stage == 2 and not args.regions:
         raise ComponentError("--stage 2 needs --regions (and --negatives for the hard-negative loss)")
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
@@ -50,8 +55,6 @@ def command(args: argparse.Namespace, params: Params) -> int:
         stop_after_steps=args.stop_after_steps,
     )
     if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # weight loading / saving bars
     try:
         result = run_training(job, params, progress=not args.no_progress)

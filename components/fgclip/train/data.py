@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from fgclip.shards import IMAGE_EXTS
-from fgclip.storage import local_path
+from fgclip.core.shards import IMAGE_EXTS
+from fgclip.core.storage import local_path
 from fgclip.train.examples import (AnnotationDirs, Example, ExampleBuilder, ShardAnnotations, SkipSample,
                                    StreamSettings, TextTokenizer, collate, derive_seed, shard_of)
 from fgclip.train.images import ImageTransform
@@ -142,7 +142,7 @@ class EpochPlan:
 
 
 def list_shard_urls(images: str | Path) -> list[str]:
-    from fgclip.shards import list_shards
+    from fgclip.core.shards import list_shards
 
     root = local_path(images)
     return [str(root / f"{shard}.tar") for shard in list_shards(root)]

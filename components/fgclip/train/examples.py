@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fgclip.seeding import stable_seed
-from fgclip.shards import IMAGE_EXTS, annotation_path, read_jsonl
+from fgclip.core.seeding import stable_seed
+from fgclip.core.shards import IMAGE_EXTS, annotation_path, read_jsonl
 from fgclip.train.images import ImageTransform
 
 log = logging.getLogger(__name__)

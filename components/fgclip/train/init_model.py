@@ -22,9 +22,23 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fgclip.config import DemoModelSpec, Params
+import pyarrow.parquet as pq
+import torch
+from transformers import CLIPConfig, CLIPModel
+from transformers.utils import logging as hf_logging
+
+from fgclip.core.shards import RawShardReader, annotation_path, list_shards, read_jsonl
+from fgclip.errors import ComponentError
+from fgclip.model.config import DemoModelSpec
+from fgclip.model.convert import convert_clip_to_fgclip, is_fgclip_checkpoint
+from fgclip.model.modeling import FGCLIPModel
+from fgclip.text import lexicon
+from fgclip.train.tokenizer import load_tokenizer, train_clip_tokenizer
+
+if TYPE_CHECKING:
+    from fgclip.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
-    from fgclip.cli import ComponentError
-
     if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
     base = args.base or params.model.base
     try:
@@ -65,9 +75,6 @@ def command(args: argparse.Namespace, params: Params) -> int:
 
 def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None, short_prefix: str) -> Iterator[str]:
     """Texts the demo tokenizer learns from: long captions, alt texts, lexicon words."""
-    from fgclip import lexicon
-    from fgclip.shards import annotation_path, list_shards, read_jsonl
-
     if captions_dir is not None:
         for shard in list_shards(captions_dir, suffix=".jsonl"):
             for record in read_jsonl(annotation_path(captions_dir, shard)):
@@ -86,12 +93,8 @@ def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None,
 def _alt_texts(images_dir: Path, shard: str) -> Iterator[str]:
     parquet = images_dir / f"{shard}.parquet"
     if parquet.is_file():
-        import pyarrow.parquet as pq
-
         yield from (text for text in pq.read_table(parquet, columns=["caption"]).column("caption").to_pylist() if text)
         return
-    from fgclip.shards import RawShardReader
-
     yield from (sample.caption for sample in RawShardReader(images_dir / f"{shard}.tar", decode_images=False))
 
 
@@ -99,9 +102,6 @@ def _alt_texts(images_dir: Path, shard: str) -> Iterator[str]:
 
 def build_demo_clip(spec: DemoModelSpec, tokenizer: Any, seed: int):
     """A randomly initialised tiny CLIPModel sized by `spec`, vocabulary from `tokenizer`."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
     config = CLIPConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -155,8 +155,6 @@ def build_demo_processor(spec: DemoModelSpec):
 def init_model(base: str, out: str | Path, params: Params, *, corpus: str | Path | None = None,
                corpus_images: str | Path | None = None) -> Path:
     """Build the FG-CLIP starting checkpoint in `out` (replaced atomically); returns `out`."""
-    from fgclip.model import convert_clip_to_fgclip
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -186,8 +184,6 @@ def init_model(base: str, out: str | Path, params: Params, *, corpus: str | Path
 
 
 def _demo_parts(params: Params, staging: Path, corpus: str | Path | None, corpus_images: str | Path | None):
-    from fgclip.train.tokenizer import train_clip_tokenizer
-
     spec = params.model.demo
     if corpus is None and corpus_images is None:
         log.warning("no --corpus / --corpus-images: the demo tokenizer learns from the lexicon only")
@@ -199,11 +195,6 @@ def _demo_parts(params: Params, staging: Path, corpus: str | Path | None, corpus
 
 
 def _real_parts(base: str):
-    from transformers import CLIPModel
-
-    from fgclip.model import FGCLIPModel, is_fgclip_checkpoint
-    from fgclip.train.tokenizer import load_tokenizer
-
     if Path(base).is_dir() and is_fgclip_checkpoint(base):
         model = FGCLIPModel.from_pretrained(base)  # already converted: conversion is a no-op
     else:

@@ -15,273 +15,36 @@ steps k+1..N see the same batches, and give the same losses, as an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import logging
 import math
-import os
-import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
-from fgclip.config import Params, StageRecipe, TrainConfig
-from fgclip.storage import write_text_atomic
-from fgclip.tracking import Tracker, tracked_run
+from fgclip.core.config import TrackingConfig
+from fgclip.core.tracking import Tracker, tracked_run
+from fgclip.model.convert import is_fgclip_checkpoint
+from fgclip.model.modeling import FGCLIPModel
+from fgclip.train.config import StageRecipe, TrainConfig
 from fgclip.train.data import DataPosition, EpochPlan, list_shard_urls, make_loader, plan_epoch, real_batches
 from fgclip.train.distributed import DistContext, setup_distributed, teardown_distributed
-from fgclip.train.examples import AnnotationDirs, StreamSettings
-from fgclip.train.init_model import STAGE_CONFIG_KEY
-from fgclip.train.step import StepLosses, compute_losses
+from fgclip.train.examples import StreamSettings
+from fgclip.train.checkpoints import checkpoint_tags, export_final, load_checkpoint, save_checkpoint
+from fgclip.train.engine import build_engine, optimisation_step
+from fgclip.train.job import TrainingError, TrainJob, TrainResult
+
+if TYPE_CHECKING:
+    from fgclip.config import Params
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FOLDER = "checkpoints"
-TAG_PREFIX = "step"
-SUMMARY_FILE = "training.json"
-#: Files beside the weights that make a directory loadable as a whole (tokenizer, processor).
-COMPANION_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "preprocessor_config.json")
-
-
-class TrainingError(Exception):
-    """A training failure the user can act on (bad arguments, unusable data, bad resume)."""
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    stage: int
-    init: str
-    images: str
-    annotations: AnnotationDirs
-    out: str
-    checkpoint_dir: str | None = None  # default: <out>/checkpoints
-    resume: bool = False
-    stop_after_steps: int | None = None  # checkpoint and stop early (a preemption drill); schedule unchanged
-
-    @property
-    def checkpoints(self) -> Path:
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(self.out) / CHECKPOINT_FOLDER
-
-
-@dataclass
-class TrainResult:
-    step: int
-    total_steps: int
-    finished: bool
-    final_dir: Path | None
-    losses: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> rank-mean loss parts
-    skipped: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    images_per_s: float = 0.0
-    resumed_from: int | None = None
-    is_main: bool = True  # rank 0: the rank that logs and writes the final model
-
-
-# ----------------------------------------------------------------- optimisation
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
-    """LR factor per optimiser step: linear warmup to 1, then cosine down to `min_lr_ratio`."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
-
-
-def deepspeed_config(recipe: StageRecipe, train: TrainConfig, world_size: int) -> dict[str, Any]:
-    return {
-        "train_micro_batch_size_per_gpu": recipe.batch_size,
-        "gradient_accumulation_steps": 1,  # contrastive batches do not accumulate: no grad accumulation
-        "train_batch_size": recipe.batch_size * world_size,
-        "gradient_clipping": recipe.grad_clip,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "zero_optimization": {"stage": train.zero_stage, "contiguous_gradients": True, "overlap_comm": False},
-        # torch.optim.AdamW is not one of DeepSpeed's own optimisers; it works with ZeRO
-        # and, unlike DeepSpeed's CPU Adam, needs no C++ build.
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-
-
-def build_engine(model: torch.nn.Module, recipe: StageRecipe, train: TrainConfig, world_size: int, total_steps: int):
-    import deepspeed
-
-    from fgclip.model import adamw_param_groups
-
-    optimizer = torch.optim.AdamW(adamw_param_groups(model, recipe.weight_decay), lr=recipe.lr,
-                                  betas=recipe.betas, eps=recipe.eps)
-    schedule = warmup_cosine(recipe.warmup_steps, total_steps, recipe.min_lr_ratio)
-    with _scalar_parameters_broadcast_apart(model, world_size):
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=lambda wrapped: torch.optim.lr_scheduler.LambdaLR(wrapped, schedule),
-            config=deepspeed_config(recipe, train, world_size),
-            dist_init_required=False,
-        )
-    return engine
-
-
-@contextlib.contextmanager
-def _scalar_parameters_broadcast_apart(model: torch.nn.Module, world_size: int):
-    """Work around DeepSpeed 0.19.8 failing on 0-dim parameters (CLIP's logit scales).
-
-    `DeepSpeedEngine._broadcast_model` sends every parameter as `p.data.view(torch.uint8)`,
-    which torch refuses for a 0-dim tensor. Those few scalars are broadcast here instead,
-    and marked with the attribute that makes that pass skip a parameter (it is only read
-    there and by the LoRA offload, which is not configured) for the duration of initialize.
-    """
-    scalars = [parameter for parameter in model.parameters() if parameter.dim() == 0]
-    for parameter in scalars:
-        if world_size > 1:
-            dist.broadcast(parameter.data, src=0)
-        parameter.ds_optim_param = True
-    try:
-        yield
-    finally:
-        for parameter in scalars:
-            del parameter.ds_optim_param
-
-
-def optimisation_step(engine: Any, batch: dict[str, Any], *, stage: int, recipe: StageRecipe, train: TrainConfig,
-                      device: torch.device) -> StepLosses:
-    """Forward, backward (gradients reduced across ranks by ZeRO), clip, AdamW, LR schedule."""
-    dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
-    losses = compute_losses(engine.module, batch, stage=stage, device=device, dtype=dtype,
-                            regional_weight=recipe.regional_weight, hard_weight=recipe.hard_weight,
-                            max_logit_scale=train.max_logit_scale)
-    engine.backward(losses.total)
-    engine.step()
-    return losses
-
-
-# ------------------------------------------------------------------ checkpoints
-
-def rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _gather(obj: Any, world_size: int) -> list[Any]:
-    if world_size == 1:
-        return [obj]
-    gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def checkpoint_tags(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
-
-
-def save_checkpoint(engine: Any, folder: Path, step: int, position: DataPosition, context: DistContext,
-                    job: TrainJob, recipe: StageRecipe, keep: int) -> str:
-    tag = f"{TAG_PREFIX}{step:09d}"
-    client_state = {
-        "step": step,
-        "stage": job.stage,
-        "recipe": recipe.model_dump(mode="json"),
-        "world_size": context.world_size,
-        "data": _gather(position.to_dict(recipe.batch_size), context.world_size),
-        "rng": _gather(rng_state(), context.world_size),
-    }
-    engine.save_checkpoint(str(folder), tag=tag, client_state=client_state)
-    if context.world_size > 1:
-        dist.barrier()  # every rank's partition is on disk before old ones go
-    if context.is_main:
-        for old in checkpoint_tags(folder)[:-keep]:
-            shutil.rmtree(folder / old, ignore_errors=True)
-    log.info("checkpoint %s saved", folder / tag)
-    return tag
-
-
-def load_checkpoint(engine: Any, folder: Path, context: DistContext, job: TrainJob,
-                    recipe: StageRecipe) -> tuple[int, DataPosition, str] | None:
-    """Restore the latest checkpoint: (step, this rank's data position, tag), or None."""
-    if not (folder / "latest").is_file():
-        return None
-    tag = (folder / "latest").read_text().strip()
-    path, client_state = engine.load_checkpoint(str(folder))
-    if path is None:
-        raise TrainingError(f"cannot load the latest checkpoint in {folder}")
-    if client_state.get("stage") != job.stage:
-        raise TrainingError(f"{folder} holds a stage {client_state.get('stage')} run, not stage {job.stage}")
-    if client_state.get("world_size") != context.world_size:
-        raise TrainingError(f"{folder} was written by {client_state.get('world_size')} ranks; resume with the same "
-                            f"number (now {context.world_size}) so every rank finds its data position")
-    if client_state.get("recipe") != recipe.model_dump(mode="json"):
-        log.warning("the recipe changed since %s was written (%s -> %s); the schedule follows the new one",
-                    folder / tag, client_state.get("recipe"), recipe.model_dump(mode="json"))
-    set_rng_state(client_state["rng"][context.rank])
-    return int(client_state["step"]), DataPosition.from_dict(client_state["data"][context.rank]), tag
-
-
-# ------------------------------------------------------------------ final model
-
-def export_final(engine: Any, job: TrainJob, tag: str, context: DistContext, summary: dict[str, Any]) -> Path:
-    """fp32 weights (from the ZeRO partitions, not the bf16 working copy) in HF format."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from fgclip.model import FGCLIPModel
-
-    out = Path(job.out)
-    if context.is_main:
-        chatter = io.StringIO()
-        with contextlib.redirect_stdout(chatter):  # the converter prints its progress
-            state = get_fp32_state_dict_from_zero_checkpoint(str(job.checkpoints), tag=tag)
-        log.debug("zero_to_fp32: %s", chatter.getvalue().strip())
-        model = FGCLIPModel.from_pretrained(job.init, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise TrainingError(f"exported weights do not fit the model: missing={missing} unexpected={unexpected}")
-        setattr(model.config, STAGE_CONFIG_KEY, job.stage)
-        staging = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
-        try:
-            model.save_pretrained(staging)
-            for name in COMPANION_FILES:
-                if (Path(job.init) / name).is_file():
-                    shutil.copy2(Path(job.init) / name, staging / name)
-            write_text_atomic(staging / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-            for item in staging.iterdir():
-                os.replace(item, out / item.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        log.info("stage %d model saved to %s", job.stage, out)
-    if context.world_size > 1:
-        dist.barrier()
-    return out
-
-
-# ---------------------------------------------------------------------- the loop
 
 def _load_model(init: str, train: TrainConfig):
-    from fgclip.model import FGCLIPModel, is_fgclip_checkpoint
-
     if not (Path(init) / "config.json").is_file():
         raise TrainingError(f"--init {init} is not a model directory (no config.json)")
     if not is_fgclip_checkpoint(init):
@@ -379,8 +142,6 @@ def _run_params(job: TrainJob, params: Params, context: DistContext, run: _Run) 
 
 def train(job: TrainJob, params: Params, context: DistContext, tracker: Tracker, progress: bool = True) -> TrainResult:
     """Run (or continue) one stage; checkpoints on the way, the HF model at the end."""
-    from tqdm import tqdm
-
     train_cfg = params.train
     run = _prepare(job, params, context)
     tracker.log_params(_run_params(job, params, context, run))
@@ -464,8 +225,6 @@ def run_training(job: TrainJob, params: Params, progress: bool = True) -> TrainR
 
 @contextlib.contextmanager
 def _tracking(params: Params, job: TrainJob, context: DistContext):
-    from fgclip.config import TrackingConfig
-
     if not context.is_main:
         with tracked_run(TrackingConfig(enabled=False), "") as tracker:
             yield tracker

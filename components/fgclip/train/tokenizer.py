@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from fgclip.storage import write_text_atomic
+from fgclip.core.storage import write_text_atomic
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"

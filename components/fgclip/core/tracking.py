@@ -1,0 +1,150 @@
+"""MLflow tracking for every component run.
+
+The embedded default is a SQLite store in the project folder (no server); on a cluster
+MLFLOW_TRACKING_URI points at the tracking server and wins over params.yaml. Each run
+records the component's params, counts, throughput, metrics and artifacts, and the
+digest of its input data as an MLflow dataset input, so a registered model leads back to
+the exact shards that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fgclip.core.config import TrackingConfig
+from fgclip.core.storage import local_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: MLflow params and metrics are flat."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}
+
+
+def _find_dvc_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file() or (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def dataset_digest(path: str | Path) -> tuple[str, str]:
+    """(digest, origin) of a data folder or file.
+
+    The DVC md5 recorded in dvc.lock when the path is a tracked output (origin "dvc"),
+    otherwise a sha256 over the relative paths and contents of its files ("sha256").
+    """
+    target = local_path(path).resolve()
+    root = _find_dvc_root(target if target.is_dir() else target.parent)
+    if root is not None and (root / "dvc.lock").is_file():
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+        relative = os.path.relpath(target, root)
+        for stage in (lock.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                if os.path.normpath(out.get("path", "")) == relative and out.get("md5"):
+                    return out["md5"], "dvc"
+    digest = hashlib.sha256()
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    for file in files:
+        digest.update(str(file.relative_to(target if target.is_dir() else target.parent)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest(), "sha256"
+
+
+class Tracker:
+    """What a component logs; a disabled tracker accepts the same calls and does nothing."""
+
+    def __init__(self, mlflow_module: Any | None) -> None:
+        self._mlflow = mlflow_module
+
+    @property
+    def enabled(self) -> bool:
+        return self._mlflow is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._mlflow.active_run().info.run_id if self._mlflow else None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self._mlflow:
+            self._mlflow.log_params({k: str(v)[:6000] for k, v in flatten("", params).items()})
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self._mlflow:
+            numeric = {k.replace("@", "_at_"): float(v) for k, v in flatten("", metrics).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._mlflow.log_metrics(numeric, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow:
+            target = local_path(path)
+            if target.is_dir():
+                self._mlflow.log_artifacts(str(target), artifact_path)
+            else:
+                self._mlflow.log_artifact(str(target), artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_dict(dict(data), name)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags(dict(tags))
+
+    def log_dataset(self, path: str | Path, name: str, context: str = "input") -> str:
+        """Log a data folder as an MLflow dataset input; returns its digest."""
+        digest, origin = dataset_digest(path)
+        if self._mlflow:
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.data.sources import LocalArtifactDatasetSource
+
+            source = LocalArtifactDatasetSource(str(local_path(path).resolve()))
+            self._mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:36]), context=context)
+            self._mlflow.set_tag(f"dataset.{name}.digest", digest)
+            self._mlflow.set_tag(f"dataset.{name}.digest_origin", origin)
+        return digest
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.uri
+
+
+@contextmanager
+def tracked_run(config: TrackingConfig, run_name: str, *, experiment: str | None = None,
+                tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+    """An MLflow run around a component; yields a no-op tracker when tracking is off."""
+    if not config.enabled:
+        yield Tracker(None)
+        return
+    import mlflow
+
+    uri = tracking_uri(config)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the caller's value
+    # back afterwards, or the first run in a process would pin the URI of every later one.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment or config.experiment)
+        with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+            tracker = Tracker(mlflow)
+            log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, uri)
+            yield tracker
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous

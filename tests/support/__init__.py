@@ -1,0 +1,1 @@
+"""Helpers the tests share: tiny models, record writers, loopback servers, the training kit."""
