@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # DeepSpeed compiles its CPU ops once; keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
-.PHONY: demo test env clean-demo airflow
+.PHONY: demo test test-fast lint fmt env clean-demo airflow
 
 env: $(VENV)/.installed
 
@@ -36,6 +36,22 @@ demo: env
 
 test: env
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: every test but the end-to-end ones marked slow.
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# What CI checks before the tests (CONTRIBUTING.md): lint, format, types, layer contracts.
+LINT_PATHS := components tests benchmarks dags
+lint: env
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	PYTHONPATH=components $(BIN)/lint-imports --no-cache
+
+fmt: env
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 clean-demo:
 	rm -rf data reports models mlflow.db mlruns

@@ -13,8 +13,10 @@ openai  `--concurrency` requests in flight vs one at a time, against `--base-url
 Output: one JSON line per variant (expressions/s, generated tokens/s), then a ratio line.
 
     python benchmarks/llm_backends.py hf --model tiny --expressions 16 --batch 8
-    python benchmarks/llm_backends.py hf --model DIR --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --expressions 16 --batch 8
-    python benchmarks/llm_backends.py openai --base-url http://127.0.0.1:8080/v1 --model M.gguf --expressions 16 --concurrency 4
+    python benchmarks/llm_backends.py hf --model DIR --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+        --expressions 16 --batch 8
+    python benchmarks/llm_backends.py openai --base-url http://127.0.0.1:8080/v1 --model M.gguf \
+        --expressions 16 --concurrency 4
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "components")]  # fgclip from this checkout; tests' model builders
 
-from fgclip.llm.config import CausalLMConfig, EndpointConfig  # noqa: E402
-from fgclip.llm.chat import ChatEngine  # noqa: E402
 from fgclip.core.prompts import load_prompt  # noqa: E402
-from fgclip.data.negatives.interface import PROMPT_PACKAGE  # noqa: E402
 from fgclip.core.throughput import Throughput  # noqa: E402
+from fgclip.data.negatives.interface import PROMPT_PACKAGE  # noqa: E402
+from fgclip.llm.chat import ChatEngine  # noqa: E402
+from fgclip.llm.config import CausalLMConfig, EndpointConfig  # noqa: E402
 from tests.support.llm_models import build_tiny_causal_lm, demo_expressions  # noqa: E402
 
 COUNT = 10
@@ -42,19 +44,28 @@ def conversations(expressions: list[str]) -> list[list[dict[str, str]]]:
     from fgclip.text.words import head_noun
 
     prompt = load_prompt("negatives.v1", PROMPT_PACKAGE)
-    return [[{"role": "user", "content": prompt.render(expression=e, count=str(COUNT), noun=head_noun(e) or e)}]
-            for e in expressions]
+    return [
+        [{"role": "user", "content": prompt.render(expression=e, count=str(COUNT), noun=head_noun(e) or e)}]
+        for e in expressions
+    ]
 
 
 def run(engine: ChatEngine, prompts: list, group: int, variant: str) -> dict[str, object]:
     engine.throughput = Throughput("expressions")  # a fresh meter per variant
     ok = 0
     for start in range(0, len(prompts), group):
-        ok += sum(reply.ok for reply in engine.chat(prompts[start:start + group]))
+        ok += sum(reply.ok for reply in engine.chat(prompts[start : start + group]))
     metrics = engine.throughput.metrics("m")
-    return {"variant": variant, "group": group, "expressions": len(prompts), "answered": ok,
-            "seconds": metrics["m.seconds"], "expressions_per_s": metrics["m.expressions_per_second"],
-            "tokens_per_s": metrics["m.tokens_per_second"], "tokens": metrics["m.tokens"]}
+    return {
+        "variant": variant,
+        "group": group,
+        "expressions": len(prompts),
+        "answered": ok,
+        "seconds": metrics["m.seconds"],
+        "expressions_per_s": metrics["m.expressions_per_second"],
+        "tokens_per_s": metrics["m.tokens_per_second"],
+        "tokens": metrics["m.tokens"],
+    }
 
 
 def main() -> None:
@@ -76,16 +87,24 @@ def main() -> None:
             from fgclip.llm.hf_causal import CausalLMChat
 
             model = str(build_tiny_causal_lm(Path(scratch))) if args.model == "tiny" else args.model
-            engine: ChatEngine = CausalLMChat(CausalLMConfig(model=model, gguf_file=args.gguf_file, device=args.device,
-                                                             max_new_tokens=args.max_tokens))
+            engine: ChatEngine = CausalLMChat(
+                CausalLMConfig(
+                    model=model, gguf_file=args.gguf_file, device=args.device, max_new_tokens=args.max_tokens
+                )
+            )
             engine.chat(prompts[:1])  # warm-up: first-call allocations are not the path being compared
             batched, single = run(engine, prompts, args.batch, "batched"), run(engine, prompts, 1, "one_at_a_time")
             device = str(getattr(engine, "device", ""))
         else:
             from fgclip.llm.endpoint import ChatEndpoint
 
-            config = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=None,
-                                    concurrency=args.concurrency, max_tokens=args.max_tokens)
+            config = EndpointConfig(
+                base_url=args.base_url,
+                model=args.model,
+                api_key_env=None,
+                concurrency=args.concurrency,
+                max_tokens=args.max_tokens,
+            )
             engine = ChatEndpoint(config)
             engine.chat(prompts[:1])
             batched = run(engine, prompts, args.concurrency, "concurrent")
@@ -95,8 +114,16 @@ def main() -> None:
     for line in (batched, single):
         print(json.dumps({**line, "engine": args.engine, "device": device}))
     ratio = lambda key: round(batched[key] / single[key], 2) if single[key] else None  # noqa: E731
-    print(json.dumps({"variant": "ratio", "of": f"{batched['variant']}/one_at_a_time",
-                      "expressions_per_s": ratio("expressions_per_s"), "tokens_per_s": ratio("tokens_per_s")}))
+    print(
+        json.dumps(
+            {
+                "variant": "ratio",
+                "of": f"{batched['variant']}/one_at_a_time",
+                "expressions_per_s": ratio("expressions_per_s"),
+                "tokens_per_s": ratio("tokens_per_s"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

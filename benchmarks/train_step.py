@@ -60,17 +60,31 @@ from fgclip.model.modeling import FGCLIPConfig, FGCLIPModel, adamw_param_groups,
 #: (CLIP's 49408-token vocabulary), 248 long-caption positions, projection 512.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
-                         vocab_size=1000),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
-                           patch_size=8, image_size=32),
+        text_config=dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, vocab_size=1000
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            patch_size=8,
+            image_size=32,
+        ),
         projection_dim=16,
     ),
     "b16": dict(
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12,
-                         vocab_size=49408),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                           patch_size=16, image_size=224),
+        text_config=dict(
+            hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12, vocab_size=49408
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            patch_size=16,
+            image_size=224,
+        ),
         projection_dim=512,
     ),
 }
@@ -81,11 +95,20 @@ def build_config(size: str, short_positions: int, long_positions: int) -> FGCLIP
     spec = SIZES[size]
     vocab = spec["text_config"]["vocab_size"]
     # CLIP's convention: the last two ids are BOS and EOS, and padding repeats EOS.
-    text = dict(spec["text_config"], max_position_embeddings=short_positions, bos_token_id=vocab - 2,
-                eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-    return FGCLIPConfig(text_config=text, vision_config=dict(spec["vision_config"]),
-                        projection_dim=spec["projection_dim"], long_text_max_position_embeddings=long_positions,
-                        long_text_positions_stretched=True)
+    text = dict(
+        spec["text_config"],
+        max_position_embeddings=short_positions,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=vocab - 1,
+    )
+    return FGCLIPConfig(
+        text_config=text,
+        vision_config=dict(spec["vision_config"]),
+        projection_dim=spec["projection_dim"],
+        long_text_max_position_embeddings=long_positions,
+        long_text_positions_stretched=True,
+    )
 
 
 # ------------------------------------------------------------------------- the batch
@@ -110,8 +133,9 @@ class Batch:
     negatives: int
 
 
-def random_texts(count: int, lengths: tuple[int, int], pad_to: int, config: FGCLIPConfig,
-                 generator: torch.Generator) -> Texts:
+def random_texts(
+    count: int, lengths: tuple[int, int], pad_to: int, config: FGCLIPConfig, generator: torch.Generator
+) -> Texts:
     """BOS, random words, EOS, then EOS padding; lengths (with BOS/EOS) drawn in [lo, hi]."""
     text = config.text_config
     low, high = max(2, lengths[0]), min(lengths[1], pad_to)
@@ -125,8 +149,11 @@ def random_texts(count: int, lengths: tuple[int, int], pad_to: int, config: FGCL
 
 def make_batch(config: FGCLIPConfig, args: argparse.Namespace) -> Batch:
     generator = torch.Generator().manual_seed(args.seed)
-    size, short_len, long_len = (config.vision_config.image_size, config.text_config.max_position_embeddings,
-                                 config.long_text_max_position_embeddings)
+    size, short_len, long_len = (
+        config.vision_config.image_size,
+        config.text_config.max_position_embeddings,
+        config.long_text_max_position_embeddings,
+    )
     boxes_total = args.batch * args.boxes
     corner = torch.rand(boxes_total, 2, generator=generator) * args.box_max_corner
     side = args.box_min_side + torch.rand(boxes_total, 2, generator=generator) * (args.box_max_side - args.box_min_side)
@@ -147,8 +174,17 @@ def batch_to(batch: Batch, device: torch.device) -> Batch:
     def move(texts: Texts) -> Texts:
         return Texts(texts.ids.to(device), texts.mask.to(device))
 
-    return Batch(batch.pixels.to(device), move(batch.short), move(batch.long), move(batch.phrases), move(batch.hard),
-                 batch.boxes.to(device), batch.box_image.to(device), batch.boxes_per_image, batch.negatives)
+    return Batch(
+        batch.pixels.to(device),
+        move(batch.short),
+        move(batch.long),
+        move(batch.phrases),
+        move(batch.hard),
+        batch.boxes.to(device),
+        batch.box_image.to(device),
+        batch.boxes_per_image,
+        batch.negatives,
+    )
 
 
 # --------------------------------------------------------------------- the two steps
@@ -168,8 +204,9 @@ def _contrastive(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def reference_step(config: FGCLIPConfig, batch: Batch, device: torch.device,
-                   args: argparse.Namespace) -> tuple[torch.nn.Module, Callable[[], torch.Tensor], int]:
+def reference_step(
+    config: FGCLIPConfig, batch: Batch, device: torch.device, args: argparse.Namespace
+) -> tuple[torch.nn.Module, Callable[[], torch.Tensor], int]:
     """The released trainer's shape (written from its description, not its code)."""
     model = FGCLIPModel._from_config(config, attn_implementation="eager").to(device).to(torch.bfloat16)
     _enable_checkpointing(model)
@@ -185,8 +222,9 @@ def reference_step(config: FGCLIPConfig, batch: Batch, device: torch.device,
         image, dense = model.get_image_and_dense_features(pixels)
         image = F.normalize(image, dim=-1)
         regions = F.normalize(region_features(dense, batch.boxes, batch.box_image).to(torch.bfloat16), dim=-1)
-        global_loss = (_contrastive(image, encode(batch.long.ids, long=True), model.logit_scale.exp())
-                       + _contrastive(image, encode(batch.short.ids), model.logit_scale.exp()))
+        global_loss = _contrastive(image, encode(batch.long.ids, long=True), model.logit_scale.exp()) + _contrastive(
+            image, encode(batch.short.ids), model.logit_scale.exp()
+        )
         regional = _contrastive(regions, encode(batch.phrases.ids), model.logit_scale_finegraind.exp())
         hard_texts = encode(batch.hard.ids).view(-1, group, regions.shape[-1])
         hard_logits = model.logit_scale_hardneg.exp() * torch.einsum("kd,kgd->kg", regions, hard_texts)
@@ -201,15 +239,15 @@ def reference_step(config: FGCLIPConfig, batch: Batch, device: torch.device,
     return model, step, tokens
 
 
-def ours_step(config: FGCLIPConfig, batch: Batch, device: torch.device,
-              args: argparse.Namespace) -> tuple[torch.nn.Module, Callable[[], torch.Tensor], int]:
+def ours_step(
+    config: FGCLIPConfig, batch: Batch, device: torch.device, args: argparse.Namespace
+) -> tuple[torch.nn.Module, Callable[[], torch.Tensor], int]:
     """The project's step: FGCLIPModel + fgclip.model.losses."""
     model = FGCLIPModel._from_config(config, attn_implementation="sdpa").to(device)
     if args.ours_checkpointing:
         _enable_checkpointing(model)
     model.train()
-    optimizer = torch.optim.AdamW(adamw_param_groups(model, args.weight_decay), lr=args.lr,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(adamw_param_groups(model, args.weight_decay), lr=args.lr, fused=device.type == "cuda")
     boxes = batch.boxes.shape[0]
     region_valid = torch.ones(boxes, dtype=torch.bool, device=device)
     negative_valid = torch.ones(boxes, batch.negatives, dtype=torch.bool, device=device)
@@ -226,20 +264,30 @@ def ours_step(config: FGCLIPConfig, batch: Batch, device: torch.device,
             hard = encode(batch.hard).view(boxes, 1 + batch.negatives, -1)
         # The losses normalise in fp32; outside autocast their matmuls stay fp32 too.
         losses = stage2_loss(
-            image_feats=image, long_text_feats=long, short_text_feats=short,
-            region_feats=regions, region_text_feats=phrases, region_valid_mask=region_valid,
-            hard_region_feats=regions, hard_pos_text_feats=hard[:, 0], hard_neg_text_feats=hard[:, 1:],
+            image_feats=image,
+            long_text_feats=long,
+            short_text_feats=short,
+            region_feats=regions,
+            region_text_feats=phrases,
+            region_valid_mask=region_valid,
+            hard_region_feats=regions,
+            hard_pos_text_feats=hard[:, 0],
+            hard_neg_text_feats=hard[:, 1:],
             hard_neg_mask=negative_valid,
-            logit_scale=model.logit_scale, regional_logit_scale=model.logit_scale_finegraind,
+            logit_scale=model.logit_scale,
+            regional_logit_scale=model.logit_scale_finegraind,
             hard_logit_scale=model.logit_scale_hardneg,
-            regional_weight=args.regional_weight, hard_weight=args.hard_weight,
+            regional_weight=args.regional_weight,
+            hard_weight=args.hard_weight,
         )
         losses.total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return losses.total.detach()
 
-    tokens = sum(trim_to_longest(t.ids, t.mask)[0].numel() for t in (batch.short, batch.long, batch.phrases, batch.hard))
+    tokens = sum(
+        trim_to_longest(t.ids, t.mask)[0].numel() for t in (batch.short, batch.long, batch.phrases, batch.hard)
+    )
     return model, step, tokens
 
 
@@ -322,10 +370,18 @@ def run_variant(name: str, config: FGCLIPConfig, batch: Batch, device: Device, a
         del model, step
         device.release()
     return {
-        "variant": name, "size": args.size, "device": device.device.type, "batch": args.batch,
-        "boxes": args.boxes, "negatives": args.negatives, "steps": args.steps,
-        "step_ms": round(seconds * 1e3, 2), "images_per_s": round(args.batch / seconds, 2),
-        "peak_mem_gib": round(peak, 3), "memory": method, "text_tokens_per_step": tokens,
+        "variant": name,
+        "size": args.size,
+        "device": device.device.type,
+        "batch": args.batch,
+        "boxes": args.boxes,
+        "negatives": args.negatives,
+        "steps": args.steps,
+        "step_ms": round(seconds * 1e3, 2),
+        "images_per_s": round(args.batch / seconds, 2),
+        "peak_mem_gib": round(peak, 3),
+        "memory": method,
+        "text_tokens_per_step": tokens,
         "loss": round(float(loss), 4),
     }
 
@@ -338,9 +394,18 @@ def run_anchor(path: str, args: argparse.Namespace) -> dict:
     anchor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(anchor)
     result = anchor.run("ref", args.batch, args.steps)
-    return {"variant": "anchor-ref", "size": "b16", "device": "cuda", "batch": args.batch, "steps": args.steps,
-            "step_ms": result["step_ms"], "images_per_s": result["img_per_s"],
-            "peak_mem_gib": result["peak_mem_gib"], "memory": "cuda_max_memory_allocated", "source": path}
+    return {
+        "variant": "anchor-ref",
+        "size": "b16",
+        "device": "cuda",
+        "batch": args.batch,
+        "steps": args.steps,
+        "step_ms": result["step_ms"],
+        "images_per_s": result["img_per_s"],
+        "peak_mem_gib": result["peak_mem_gib"],
+        "memory": "cuda_max_memory_allocated",
+        "source": path,
+    }
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -354,8 +419,9 @@ def _length_range(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--device", choices=["cpu", "cuda", "npu"], default="cpu")
     parser.add_argument("--batch", type=int, default=4)
@@ -364,8 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--boxes", type=int, default=4, help="boxes per image")
     parser.add_argument("--negatives", type=int, default=10, help="hard negatives per box")
     parser.add_argument("--variants", default="reference,ours", help="comma list of " + ",".join(VARIANTS))
-    parser.add_argument("--ours-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="gradient checkpointing in our step (the reference always has it)")
+    parser.add_argument(
+        "--ours-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient checkpointing in our step (the reference always has it)",
+    )
     parser.add_argument("--short-positions", type=int, default=77)
     parser.add_argument("--long-positions", type=int, default=248)
     parser.add_argument("--short-len", type=_length_range, default=(15, 35), help="short caption tokens LO,HI")
@@ -379,10 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regional-weight", type=float, default=PAPER_REGIONAL_WEIGHT)
     parser.add_argument("--hard-weight", type=float, default=PAPER_HARD_NEGATIVE_WEIGHT)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)")
-    parser.add_argument("--anchor", default=None,
-                        help="cuda only: path to the shared anchor gpu_stage2_step.py; runs its `ref` variant too")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)",
+    )
+    parser.add_argument(
+        "--anchor",
+        default=None,
+        help="cuda only: path to the shared anchor gpu_stage2_step.py; runs its `ref` variant too",
+    )
     return parser
 
 
@@ -425,13 +502,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def ratio_line(results: dict[str, dict]) -> dict:
     """ours / reference for throughput and peak memory (None where a side failed)."""
+
     def ratio(key: str, top: str, bottom: str) -> float | None:
         a, b = results.get(top, {}).get(key), results.get(bottom, {}).get(key)
         return round(a / b, 3) if a is not None and b else None
 
-    line = {"variant": "ratio", "of": "ours/reference",
-            "images_per_s": ratio("images_per_s", "ours", "reference"),
-            "peak_mem": ratio("peak_mem_gib", "ours", "reference")}
+    line = {
+        "variant": "ratio",
+        "of": "ours/reference",
+        "images_per_s": ratio("images_per_s", "ours", "reference"),
+        "peak_mem": ratio("peak_mem_gib", "ours", "reference"),
+    }
     if "anchor-ref" in results:  # cross-check: our reference shape vs the anchor's
         line["reference_vs_anchor_images_per_s"] = ratio("images_per_s", "reference", "anchor-ref")
     return line

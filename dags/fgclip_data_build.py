@@ -19,14 +19,21 @@ from pathlib import Path
 from airflow.sdk import chain, dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
-from fgclip.orchestration.tasks.stages import stage_task
 from fgclip.orchestration.tasks.control import data_form, prepare_task, publish_task, shard_groups_task
+from fgclip.orchestration.tasks.stages import stage_task
 
 PROJECT = load_project(project_root(Path(__file__).resolve().parent))
 
 
-@dag(dag_id="fgclip_data_build", schedule=None, catchup=False, max_active_runs=1, params=data_form(PROJECT),
-     tags=["fgclip", "data"], doc_md=__doc__)
+@dag(
+    dag_id="fgclip_data_build",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    params=data_form(PROJECT),
+    tags=["fgclip", "data"],
+    doc_md=__doc__,
+)
 def fgclip_data_build() -> None:
     steps = [prepare_task(PROJECT, PROJECT.settings.data_form)]
     groups = None

@@ -21,7 +21,6 @@ from pathlib import Path
 from airflow.sdk import chain, dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
-from fgclip.orchestration.tasks.stages import stage_task
 from fgclip.orchestration.tasks.control import (
     checkout_task,
     dataset_asset,
@@ -32,18 +31,33 @@ from fgclip.orchestration.tasks.control import (
     resolve_dataset_task,
     train_form,
 )
+from fgclip.orchestration.tasks.stages import stage_task
 
 PROJECT = load_project(project_root(Path(__file__).resolve().parent))
 
 
-@dag(dag_id="fgclip_train", schedule=[dataset_asset(PROJECT)], catchup=False, max_active_runs=1,
-     params=train_form(PROJECT), tags=["fgclip", "train"], doc_md=__doc__)
+@dag(
+    dag_id="fgclip_train",
+    schedule=[dataset_asset(PROJECT)],
+    catchup=False,
+    max_active_runs=1,
+    params=train_form(PROJECT),
+    tags=["fgclip", "train"],
+    doc_md=__doc__,
+)
 def fgclip_train() -> None:
     version = resolve_dataset_task(PROJECT)
     stages = [stage_task(PROJECT, stage) for stage in PROJECT.train_stages()]
     decision = decision_task(PROJECT, version)
-    chain(prepare_task(PROJECT, PROJECT.settings.train_form, training=True), version,
-          checkout_task(PROJECT, version), *stages, decision, promotion_gate_task(decision), gate_outcomes())
+    chain(
+        prepare_task(PROJECT, PROJECT.settings.train_form, training=True),
+        version,
+        checkout_task(PROJECT, version),
+        *stages,
+        decision,
+        promotion_gate_task(decision),
+        gate_outcomes(),
+    )
 
 
 fgclip_train()

@@ -36,8 +36,14 @@ def tool_env() -> dict[str, str]:
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "fgclip.cli", *args], cwd=cwd, env=tool_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "fgclip.cli", *args],
+        cwd=cwd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"fgclip {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -50,8 +56,9 @@ def dvc_workspace(root: Path, params: dict) -> Path:
 
     import yaml
 
-    shutil.copytree(REPO_ROOT / "components", root / "components",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        REPO_ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # tool_env puts this interpreter's bin folder (its dvc) first on PATH

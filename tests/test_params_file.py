@@ -30,3 +30,31 @@ def test_params_file_names_every_knob() -> None:
     unknown = _paths(written) - _paths(defaults)
     unknown = {p for p in unknown if not any(p.startswith(d + ".") for d in _paths(defaults))}
     assert not unknown, f"params.yaml has keys the config does not know: {sorted(unknown)}"
+
+
+#: Where params.yaml (the embedded default: the demo world and the tiny demo model)
+#: deliberately differs from the code's defaults (the paper's settings), and why.
+EMBEDDED_DEFAULT_CHOICES = {
+    "train.recipe": (
+        "demo",
+        "the demo recipes size training for minutes on a laptop; the code defaults to the paper's",
+    ),
+}
+
+
+def _values(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, value in tree.items() for k, v in _values(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def test_params_file_values_equal_the_code_defaults() -> None:
+    """Every default lives in one place: the code. params.yaml repeats it (so a person sees
+    every knob), and a test, not care, keeps the two equal."""
+    written = _values(load_params(REPO_ROOT / "params.yaml").model_dump(mode="json"))
+    defaults = _values(Params().model_dump(mode="json"))
+    differ = {key: (defaults.get(key), value) for key, value in written.items() if defaults.get(key) != value}
+    expected = {key: (defaults.get(key), value) for key, (value, _) in EMBEDDED_DEFAULT_CHOICES.items()}
+    assert differ == expected, "params.yaml and the code defaults differ (code, params.yaml): " + repr(
+        {k: v for k, v in differ.items() if expected.get(k) != v}
+    )

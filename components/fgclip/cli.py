@@ -37,10 +37,20 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The `fgclip` parser. When `argv` names a component, only that component's module
     is imported (some import torch or MLflow, seconds a command should not pay for
     another component); otherwise all are, so `fgclip --help` lists them with their help."""
-    parser = argparse.ArgumentParser(prog="fgclip", description="FG-CLIP data building, training and evaluation components")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one param, e.g. --set qc.max_noise_upper=0.1 (repeatable)")
+    parser = argparse.ArgumentParser(
+        prog="fgclip", description="FG-CLIP data building, training and evaluation components"
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param, e.g. --set qc.max_noise_upper=0.1 (repeatable)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub = parser.add_subparsers(dest="component", required=True, metavar="component")
@@ -59,7 +69,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         try:
             params = load_params(args.params, dict(parse_override(item) for item in args.overrides))

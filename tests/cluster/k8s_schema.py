@@ -38,7 +38,8 @@ def validate_definition(name: str, value: Any) -> None:
     global _definitions_resource
     if _definitions_resource is None:
         _definitions_resource = referencing.Resource.from_contents(
-            schema_contents(f"{_STRICT_DIR}/_definitions.json", K8S_VERSION))
+            schema_contents(f"{_STRICT_DIR}/_definitions.json", K8S_VERSION)
+        )
     schema = schema_contents(f"{_STRICT_DIR}/{name}.json", K8S_VERSION)
     registry = referencing.Resource.from_contents(schema) @ (_definitions_resource @ referencing.Registry())
     jsonschema.validators.Draft202012Validator(schema, registry=registry).validate(value)
@@ -52,92 +53,190 @@ def _closed(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
-_METADATA = {"type": "object", "required": ["name"],
-             "properties": {"name": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63}}}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63}},
+}
 _LABELS_ONLY = _closed({"labels": {"type": "object"}, "annotations": {"type": "object"}})
 
 # TrainJob.spec.runtimePatches[].trainingRuntimeSpec: only these pod fields may be patched.
-_POD_SPEC_PATCH = _closed({key: {} for key in (
-    "serviceAccountName", "volumes", "initContainers", "containers", "imagePullSecrets", "securityContext",
-    "nodeSelector", "affinity", "tolerations", "schedulingGates")})
-_CONTAINER_PATCH = _closed({"name": {"type": "string", "minLength": 1}, "env": {}, "volumeMounts": {},
-                            "securityContext": {}}, ("name",))
+_POD_SPEC_PATCH = _closed(
+    {
+        key: {}
+        for key in (
+            "serviceAccountName",
+            "volumes",
+            "initContainers",
+            "containers",
+            "imagePullSecrets",
+            "securityContext",
+            "nodeSelector",
+            "affinity",
+            "tolerations",
+            "schedulingGates",
+        )
+    }
+)
+_CONTAINER_PATCH = _closed(
+    {"name": {"type": "string", "minLength": 1}, "env": {}, "volumeMounts": {}, "securityContext": {}}, ("name",)
+)
 
-TRAINJOB_SCHEMA = _closed({
-    "apiVersion": {"const": TRAINER_API},
-    "kind": {"const": "TrainJob"},
-    "metadata": _METADATA,
-    "spec": _closed({
-        "runtimeRef": _closed({
-            "name": {"type": "string", "minLength": 1, "maxLength": 253},
-            "apiGroup": {"const": "trainer.kubeflow.org"},
-            "kind": {"enum": ["TrainingRuntime", "ClusterTrainingRuntime"]},
-        }, ("name",)),
-        "initializer": {"type": "object"},
-        "trainer": _closed({
-            "image": {"type": "string", "maxLength": 500},
-            "command": _strings(128),
-            "args": _strings(128),
-            "env": {"type": "array", "maxItems": 128},
-            "numNodes": {"type": "integer", "minimum": 1},
-            "resourcesPerNode": {"type": "object"},
-            "numProcPerNode": {"type": "integer", "minimum": 1},
-        }),
-        "runtimePatches": {"type": "array", "maxItems": 16, "items": _closed({
-            "manager": {"type": "string", "minLength": 1, "maxLength": 253},
-            "time": {"type": "string"},
-            "trainingRuntimeSpec": _closed({"template": _closed({
-                "metadata": _LABELS_ONLY,
-                "spec": _closed({"replicatedJobs": {"type": "array", "maxItems": 100, "items": _closed({
-                    "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                    "template": _closed({"metadata": _LABELS_ONLY, "spec": _closed({"template": _closed({
-                        "metadata": _LABELS_ONLY, "spec": _POD_SPEC_PATCH})})}),
-                }, ("name",))}}),
-            })}),
-        }, ("manager",))},
-        "suspend": {"type": "boolean"},
-        "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
-        "managedBy": {"enum": ["trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue"]},
-    }, ("runtimeRef",)),
-}, ("apiVersion", "kind", "metadata", "spec"))
+TRAINJOB_SCHEMA = _closed(
+    {
+        "apiVersion": {"const": TRAINER_API},
+        "kind": {"const": "TrainJob"},
+        "metadata": _METADATA,
+        "spec": _closed(
+            {
+                "runtimeRef": _closed(
+                    {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                        "apiGroup": {"const": "trainer.kubeflow.org"},
+                        "kind": {"enum": ["TrainingRuntime", "ClusterTrainingRuntime"]},
+                    },
+                    ("name",),
+                ),
+                "initializer": {"type": "object"},
+                "trainer": _closed(
+                    {
+                        "image": {"type": "string", "maxLength": 500},
+                        "command": _strings(128),
+                        "args": _strings(128),
+                        "env": {"type": "array", "maxItems": 128},
+                        "numNodes": {"type": "integer", "minimum": 1},
+                        "resourcesPerNode": {"type": "object"},
+                        "numProcPerNode": {"type": "integer", "minimum": 1},
+                    }
+                ),
+                "runtimePatches": {
+                    "type": "array",
+                    "maxItems": 16,
+                    "items": _closed(
+                        {
+                            "manager": {"type": "string", "minLength": 1, "maxLength": 253},
+                            "time": {"type": "string"},
+                            "trainingRuntimeSpec": _closed(
+                                {
+                                    "template": _closed(
+                                        {
+                                            "metadata": _LABELS_ONLY,
+                                            "spec": _closed(
+                                                {
+                                                    "replicatedJobs": {
+                                                        "type": "array",
+                                                        "maxItems": 100,
+                                                        "items": _closed(
+                                                            {
+                                                                "name": {
+                                                                    "type": "string",
+                                                                    "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                                                },
+                                                                "template": _closed(
+                                                                    {
+                                                                        "metadata": _LABELS_ONLY,
+                                                                        "spec": _closed(
+                                                                            {
+                                                                                "template": _closed(
+                                                                                    {
+                                                                                        "metadata": _LABELS_ONLY,
+                                                                                        "spec": _POD_SPEC_PATCH,
+                                                                                    }
+                                                                                )
+                                                                            }
+                                                                        ),
+                                                                    }
+                                                                ),
+                                                            },
+                                                            ("name",),
+                                                        ),
+                                                    }
+                                                }
+                                            ),
+                                        }
+                                    )
+                                }
+                            ),
+                        },
+                        ("manager",),
+                    ),
+                },
+                "suspend": {"type": "boolean"},
+                "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
+                "managedBy": {"enum": ["trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue"]},
+            },
+            ("runtimeRef",),
+        ),
+    },
+    ("apiVersion", "kind", "metadata", "spec"),
+)
 
 _PROC_PER_NODE = {"anyOf": [{"type": "integer", "minimum": 1}, {"enum": ["auto", "cpu", "gpu"]}]}
 
-TRAINING_RUNTIME_SCHEMA = _closed({
-    "apiVersion": {"const": TRAINER_API},
-    "kind": {"enum": ["TrainingRuntime", "ClusterTrainingRuntime"]},
-    "metadata": _METADATA,
-    "spec": _closed({
-        "mlPolicy": _closed({
-            "numNodes": {"type": "integer", "minimum": 1},
-            "torch": _closed({"numProcPerNode": _PROC_PER_NODE, "elasticPolicy": {"type": "object"}}),
-            "mpi": {"type": "object"},
-            "flux": {"type": "object"},
-        }),
-        "podGroupPolicy": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-                           "properties": {"coscheduling": {"type": "object"}, "volcano": {"type": "object"}}},
-        "template": _closed({
-            "metadata": _LABELS_ONLY,
-            # A JobSet spec (jobset.x-k8s.io/v1alpha2).
-            "spec": _closed({
-                "replicatedJobs": {"type": "array", "minItems": 1, "items": _closed({
-                    "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                    "replicas": {"type": "integer", "minimum": 1},
-                    "dependsOn": {"type": "array"},
-                    "groupName": {"type": "string"},
-                    "template": {"type": "object"},
-                }, ("name", "template"))},
-                "network": {"type": "object"},
-                "successPolicy": {"type": "object"},
-                "failurePolicy": _closed({"maxRestarts": {"type": "integer", "minimum": 0}, "rules": {"type": "array"},
-                                          "restartStrategy": {"type": "string"}}),
-                "startupPolicy": {"type": "object"},
-                "coordinator": {"type": "object"},
-                "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
-            }, ("replicatedJobs",)),
-        }),
-    }),
-}, ("apiVersion", "kind", "metadata", "spec"))
+TRAINING_RUNTIME_SCHEMA = _closed(
+    {
+        "apiVersion": {"const": TRAINER_API},
+        "kind": {"enum": ["TrainingRuntime", "ClusterTrainingRuntime"]},
+        "metadata": _METADATA,
+        "spec": _closed(
+            {
+                "mlPolicy": _closed(
+                    {
+                        "numNodes": {"type": "integer", "minimum": 1},
+                        "torch": _closed({"numProcPerNode": _PROC_PER_NODE, "elasticPolicy": {"type": "object"}}),
+                        "mpi": {"type": "object"},
+                        "flux": {"type": "object"},
+                    }
+                ),
+                "podGroupPolicy": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                    "properties": {"coscheduling": {"type": "object"}, "volcano": {"type": "object"}},
+                },
+                "template": _closed(
+                    {
+                        "metadata": _LABELS_ONLY,
+                        # A JobSet spec (jobset.x-k8s.io/v1alpha2).
+                        "spec": _closed(
+                            {
+                                "replicatedJobs": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _closed(
+                                        {
+                                            "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                                            "replicas": {"type": "integer", "minimum": 1},
+                                            "dependsOn": {"type": "array"},
+                                            "groupName": {"type": "string"},
+                                            "template": {"type": "object"},
+                                        },
+                                        ("name", "template"),
+                                    ),
+                                },
+                                "network": {"type": "object"},
+                                "successPolicy": {"type": "object"},
+                                "failurePolicy": _closed(
+                                    {
+                                        "maxRestarts": {"type": "integer", "minimum": 0},
+                                        "rules": {"type": "array"},
+                                        "restartStrategy": {"type": "string"},
+                                    }
+                                ),
+                                "startupPolicy": {"type": "object"},
+                                "coordinator": {"type": "object"},
+                                "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
+                            },
+                            ("replicatedJobs",),
+                        ),
+                    }
+                ),
+            }
+        ),
+    },
+    ("apiVersion", "kind", "metadata", "spec"),
+)
 
 
 def validate_trainjob(document: dict[str, Any]) -> None:

@@ -44,7 +44,9 @@ def lint(path: Path) -> list[str]:
     """What is wrong with a Dockerfile, as readable problems (none: fine)."""
     steps = instructions(path)
     problems = []
-    bases = [next(token for token in args.split() if not token.startswith("--")) for word, args in steps if word == "FROM"]
+    bases = [
+        next(token for token in args.split() if not token.startswith("--")) for word, args in steps if word == "FROM"
+    ]
     if not bases:
         problems.append("no FROM")
     for base in bases:
@@ -69,8 +71,10 @@ def test_dockerfile_lint(path):
 
 def test_lint_finds_the_problems(tmp_path):
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nFROM --platform=linux/arm64 ubuntu AS build\n"
-                   "ENV AWS_SECRET_ACCESS_KEY=abc \\\n    OTHER=1\nARG HF_TOKEN\nUSER root\n")
+    bad.write_text(
+        "FROM python:latest\nFROM --platform=linux/arm64 ubuntu AS build\n"
+        "ENV AWS_SECRET_ACCESS_KEY=abc \\\n    OTHER=1\nARG HF_TOKEN\nUSER root\n"
+    )
     problems = lint(bad)
     assert len(problems) == 5, problems
     assert any("'python:latest'" in p for p in problems) and any("'ubuntu'" in p for p in problems)
@@ -88,8 +92,11 @@ def test_family_images_run_every_component_as_the_configured_user(family):
     assert [args for word, args in steps if word == "USER"][-1] == f"{SETTINGS.run_as_user}:{SETTINGS.run_as_user}"
     copies = " ".join(args for word, args in steps if word == "COPY")
     assert "requirements.lock" in copies and "pyproject.toml" in copies and "components" in copies
-    torch_pin = next(dep for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-                     if dep.startswith("torch=="))
+    torch_pin = next(
+        dep
+        for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if dep.startswith("torch==")
+    )
     assert f"ARG TORCH_VERSION={torch_pin.split('==')[1]}" in [f"{w} {a}" for w, a in steps]
     assert SETTINGS.images[family].split(":")[0].endswith(f"fgclip-{family}")
 
@@ -101,8 +108,11 @@ def test_npu_image_has_torch_npu_on_cann():
 
 
 def test_dockerignore_sends_only_what_installs_the_project():
-    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "start from nothing"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert included == {"pyproject.toml", "requirements.lock", "README.md", "components"}

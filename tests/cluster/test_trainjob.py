@@ -26,10 +26,36 @@ from tests.cluster.k8s_schema import validate_trainjob
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = Params().kubernetes
-STAGE1 = ["fgclip", "train", "--stage", "1", "--init", "models/base", "--images", "data/demo/train/images",
-          "--captions", "data/build/captions", "--out", "models/stage1"]
-STAGE2 = ["fgclip", "train", "--stage", "2", "--init", "models/stage1", "--images", "data/demo/train/images",
-          "--captions", "data/build/captions", "--regions", "data/build/regions", "--out", "models/stage2"]
+STAGE1 = [
+    "fgclip",
+    "train",
+    "--stage",
+    "1",
+    "--init",
+    "models/base",
+    "--images",
+    "data/demo/train/images",
+    "--captions",
+    "data/build/captions",
+    "--out",
+    "models/stage1",
+]
+STAGE2 = [
+    "fgclip",
+    "train",
+    "--stage",
+    "2",
+    "--init",
+    "models/stage1",
+    "--images",
+    "data/demo/train/images",
+    "--captions",
+    "data/build/captions",
+    "--regions",
+    "data/build/regions",
+    "--out",
+    "models/stage2",
+]
 
 
 def node_pod(manifest: dict) -> dict:
@@ -51,7 +77,11 @@ def test_trainjob_lands_on_the_pool_with_explicit_processes(pool, resource):
     assert trainer["numNodes"] == 4
     assert trainer["numProcPerNode"] == procs  # explicit: Trainer's "auto" never counts NPUs
     assert trainer["image"] == settings.images[preset.family]
-    assert trainer["resourcesPerNode"]["requests"][resource] == trainer["resourcesPerNode"]["limits"][resource] == str(procs)
+    assert (
+        trainer["resourcesPerNode"]["requests"][resource]
+        == trainer["resourcesPerNode"]["limits"][resource]
+        == str(procs)
+    )
     assert trainer["resourcesPerNode"]["requests"]["memory"] == settings.trainer.memory_per_node
     assert trainer["command"] == ["torchrun"]
     assert trainer["args"][:2] == ["--module", "fgclip.cli"]
@@ -110,6 +140,7 @@ def test_broken_manifest_fails_the_schema():
 
 # --- the operator ------------------------------------------------------------------------------
 
+
 def condition(kind: str, reason: str = "", message: str = "") -> dict:
     return {"type": kind, "status": "True", "reason": reason, "message": message}
 
@@ -147,8 +178,9 @@ class FakeCore:
 
     def list_namespaced_pod(self, *, namespace, label_selector):
         self.selectors.append(label_selector)
-        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name=f"fgclip-s1-node-0-{i}"))
-                                      for i in (1, 0)])
+        return SimpleNamespace(
+            items=[SimpleNamespace(metadata=SimpleNamespace(name=f"fgclip-s1-node-0-{i}")) for i in (1, 0)]
+        )
 
     def read_namespaced_pod_log(self, *, name, namespace, container, tail_lines):
         return f"{name}: step 10/10 loss 0.5"
@@ -156,13 +188,24 @@ class FakeCore:
 
 def operator(api, core=None, **kwargs) -> TrainJobOperator:
     manifest = trainjob_manifest(STAGE1, SETTINGS, 2, "fgclip-s1")
-    return TrainJobOperator(task_id="train_stage1", manifest=manifest, custom_objects_api=api,
-                            core_api=core or FakeCore(), poll_interval_s=0.01, **kwargs)
+    return TrainJobOperator(
+        task_id="train_stage1",
+        manifest=manifest,
+        custom_objects_api=api,
+        core_api=core or FakeCore(),
+        poll_interval_s=0.01,
+        **kwargs,
+    )
 
 
 def test_operator_creates_and_waits_until_complete(capsys):
-    api = FakeTrainer([{}, {"conditions": [{"type": "Created", "status": "True"}]},
-                       {"conditions": [condition("Complete", "JobsCompleted", "all nodes finished")]}])
+    api = FakeTrainer(
+        [
+            {},
+            {"conditions": [{"type": "Created", "status": "True"}]},
+            {"conditions": [condition("Complete", "JobsCompleted", "all nodes finished")]},
+        ]
+    )
     core = FakeCore()
     task = operator(api, core, timeout_s=5)
     assert task.execute(context={}) == "fgclip-s1"
@@ -211,8 +254,15 @@ def test_operator_from_settings_uses_the_trainer_timing():
 
 def test_operator_takes_the_node_count_at_run_time():
     api = FakeTrainer([{"conditions": [condition("Complete")]}])
-    task = TrainJobOperator.for_command(task_id="t", argv=STAGE1, settings=SETTINGS, name="fgclip-s1",
-                                        num_nodes="{{ params.num_nodes }}", custom_objects_api=api, core_api=FakeCore())
+    task = TrainJobOperator.for_command(
+        task_id="t",
+        argv=STAGE1,
+        settings=SETTINGS,
+        name="fgclip-s1",
+        num_nodes="{{ params.num_nodes }}",
+        custom_objects_api=api,
+        core_api=FakeCore(),
+    )
     assert "num_nodes" in task.template_fields
     task.num_nodes = "5"  # what Airflow renders the template to
     task.execute(context={})
@@ -231,8 +281,15 @@ def test_verdict_ignores_false_and_unfinished_conditions():
 
 def test_templated_name_is_checked_once_rendered():
     api = FakeTrainer([{"conditions": [condition("Complete")]}])
-    task = TrainJobOperator.for_command(task_id="t", argv=STAGE1, settings=SETTINGS, num_nodes=1,
-                                        name="fgclip-s1-{{ ti.try_number }}", custom_objects_api=api, core_api=FakeCore())
+    task = TrainJobOperator.for_command(
+        task_id="t",
+        argv=STAGE1,
+        settings=SETTINGS,
+        num_nodes=1,
+        name="fgclip-s1-{{ ti.try_number }}",
+        custom_objects_api=api,
+        core_api=FakeCore(),
+    )
     task.manifest["metadata"]["name"] = "fgclip-s1-2"  # rendered
     assert task.execute(context={}) == "fgclip-s1-2"
     task.manifest["metadata"]["name"] = "fgclip_s1_2"

@@ -99,9 +99,9 @@ def test_truncated_tar_keeps_the_samples_before_the_cut(tmp_path: Path, where: s
     data = tar_bytes([*sample("a"), *sample("b"), *sample("c")])
     members = _member_offsets(data)
     cut = {
-        "inside_data": members["b.jpg"].offset_data + 50,      # b's image is cut: a is whole
-        "inside_header": members["b.jpg"].offset + 100,        # tarfile alone would end silently here
-        "at_member_boundary": members["b.jpg"].offset,         # ... and here
+        "inside_data": members["b.jpg"].offset_data + 50,  # b's image is cut: a is whole
+        "inside_header": members["b.jpg"].offset + 100,  # tarfile alone would end silently here
+        "at_member_boundary": members["b.jpg"].offset,  # ... and here
         "inside_own_member": members["b.txt"].offset_data + 2,  # b's caption is cut: b is lost
     }[where]
     samples, rejects = read(tmp_path, data[:cut])
@@ -141,7 +141,9 @@ def test_unknown_json_fields_are_kept(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_bad_json_is_ignored_and_sample_kept(tmp_path: Path, payload: bytes) -> None:
-    samples, rejects = read(tmp_path, tar_bytes([("a.jpg", jpeg()), ("a.txt", b"cap"), ("a.json", payload), *sample("b")]))
+    samples, rejects = read(
+        tmp_path, tar_bytes([("a.jpg", jpeg()), ("a.txt", b"cap"), ("a.json", payload), *sample("b")])
+    )
     assert [s.key for s in samples] == ["a", "b"] and samples[0].meta == {}
     assert reasons(rejects) == [("a", "bad_metadata", False)]
 
@@ -151,19 +153,29 @@ def test_unsafe_member_names_are_never_extracted(tmp_path: Path) -> None:
     work.mkdir()
     outside = tmp_path / "escaped.txt"
     absolute = tmp_path / "absolute.jpg"
-    data = tar_bytes([*sample("a"), ("../escaped.txt", b"pwned"), ("x/../../escaped.jpg", jpeg()),
-                      (str(absolute), jpeg()), *sample("b")])
+    data = tar_bytes(
+        [
+            *sample("a"),
+            ("../escaped.txt", b"pwned"),
+            ("x/../../escaped.jpg", jpeg()),
+            (str(absolute), jpeg()),
+            *sample("b"),
+        ]
+    )
     assert str(absolute) in _member_offsets(data)  # the name really is absolute inside the tar
     samples, rejects = read(work, data)
     assert [s.key for s in samples] == ["a", "b"]
     assert [(r.reason, r.member) for r in rejects] == [
-        ("unsafe_member_path", "../escaped.txt"), ("unsafe_member_path", "x/../../escaped.jpg"),
-        ("unsafe_member_path", str(absolute))]
+        ("unsafe_member_path", "../escaped.txt"),
+        ("unsafe_member_path", "x/../../escaped.jpg"),
+        ("unsafe_member_path", str(absolute)),
+    ]
     assert not outside.exists() and not absolute.exists() and not (tmp_path / "escaped.jpg").exists()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["00000.tar", "work"]
 
 
 # ---------------------------------------------------------------- rejects through a stage
+
 
 class CaptionCopy(ShardStage):
     """The smallest real stage: the alt text as the long caption."""
@@ -189,27 +201,55 @@ class CaptionCopy(ShardStage):
 def test_stage_writes_reader_rejects_with_counts(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
-    (images / "00000.tar").write_bytes(tar_bytes([
-        *sample("a"), *BAD_SAMPLES["corrupt_jpeg"][0], *sample("b"), ("b.xyz", b"?"),
-        ("c.txt", b"no image"), *sample("a", b"again"), ("../up.txt", b"x")]))
+    (images / "00000.tar").write_bytes(
+        tar_bytes(
+            [
+                *sample("a"),
+                *BAD_SAMPLES["corrupt_jpeg"][0],
+                *sample("b"),
+                ("b.xyz", b"?"),
+                ("c.txt", b"no image"),
+                *sample("a", b"again"),
+                ("../up.txt", b"x"),
+            ]
+        )
+    )
     (images / "00001.tar").write_bytes(b"")
     summary = run_stage(CaptionCopy(images), ["00000", "00001"], tmp_path / "out", progress=False)
     out = tmp_path / "out"
     assert [r["key"] for r in read_jsonl(annotation_path(out, "00000"))] == ["a", "b"]
     written = read_jsonl(annotation_path(out, "00000", "rejects"))
     assert [(r["key"], r["reason"], r["dropped"]) for r in written] == [
-        ("bad", "corrupt_image", True), ("b", "unknown_member", False), ("c", "missing_image", True),
-        (None, "unsafe_member_path", True), ("a", "duplicate_key", True)]
+        ("bad", "corrupt_image", True),
+        ("b", "unknown_member", False),
+        ("c", "missing_image", True),
+        (None, "unsafe_member_path", True),
+        ("a", "duplicate_key", True),
+    ]
     manifest = json.loads(annotation_path(out, "00000", "manifest").read_text())
-    assert manifest["counts"] == {"in": 6, "out": 2, "rejected": {
-        "corrupt_image": 1, "duplicate_key": 1, "missing_image": 1, "unsafe_member_path": 1}}
+    assert manifest["counts"] == {
+        "in": 6,
+        "out": 2,
+        "rejected": {"corrupt_image": 1, "duplicate_key": 1, "missing_image": 1, "unsafe_member_path": 1},
+    }
     assert read_jsonl(annotation_path(out, "00001", "rejects"))[0]["reason"] == "empty_shard"
     counts = summary.as_dict()
-    assert counts["rejected"] == {"corrupt_image": 1, "duplicate_key": 1, "empty_shard": 1, "missing_image": 1, "unsafe_member_path": 1}
+    assert counts["rejected"] == {
+        "corrupt_image": 1,
+        "duplicate_key": 1,
+        "empty_shard": 1,
+        "missing_image": 1,
+        "unsafe_member_path": 1,
+    }
     assert counts["ignored"] == {"unknown_member": 1}
     assert (counts["items_out"], counts["rejected_total"]) == (2, 5)
     # a rerun skips both shards and still reports the same rejects
     again = run_stage(CaptionCopy(images), ["00000", "00001"], out, progress=False).as_dict()
-    assert again["shards_skipped"] == 2 and again["rejected"] == counts["rejected"] and again["ignored"] == counts["ignored"]
+    assert (
+        again["shards_skipped"] == 2
+        and again["rejected"] == counts["rejected"]
+        and again["ignored"] == counts["ignored"]
+    )
     assert Counter(r["reason"] for r in written) == Counter(
-        {"corrupt_image": 1, "unknown_member": 1, "missing_image": 1, "duplicate_key": 1, "unsafe_member_path": 1})
+        {"corrupt_image": 1, "unknown_member": 1, "missing_image": 1, "duplicate_key": 1, "unsafe_member_path": 1}
+    )

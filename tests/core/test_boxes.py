@@ -28,16 +28,19 @@ def test_normalised_pixel_round_trip_and_bad_size():
         boxes.as_box((1, 2, 3))
 
 
-@pytest.mark.parametrize("box, reason", [
-    ((10, 10, 10, 20), boxes.DEGENERATE),           # zero width
-    ((30, 10, 20, 20), boxes.DEGENERATE),           # inverted
-    ((10, math.nan, 20, 20), boxes.DEGENERATE),     # not finite
-    ((-30, 10, -5, 20), boxes.OUTSIDE),             # wholly left of the image
-    ((10, 60, 20, 90), boxes.OUTSIDE),              # wholly below
-    ((10, 10, 12, 40), boxes.TOO_SMALL),            # a side under 4 px
-    ((98, 10, 130, 40), boxes.TOO_SMALL),           # only 2 px left after clipping
-    ((10, 10, 40, 40), None),
-])
+@pytest.mark.parametrize(
+    "box, reason",
+    [
+        ((10, 10, 10, 20), boxes.DEGENERATE),  # zero width
+        ((30, 10, 20, 20), boxes.DEGENERATE),  # inverted
+        ((10, math.nan, 20, 20), boxes.DEGENERATE),  # not finite
+        ((-30, 10, -5, 20), boxes.OUTSIDE),  # wholly left of the image
+        ((10, 60, 20, 90), boxes.OUTSIDE),  # wholly below
+        ((10, 10, 12, 40), boxes.TOO_SMALL),  # a side under 4 px
+        ((98, 10, 130, 40), boxes.TOO_SMALL),  # only 2 px left after clipping
+        ((10, 10, 40, 40), None),
+    ],
+)
 def test_box_problem(box, reason):
     found, _ = boxes.box_problem(box, 100, 50, min_side_px=4, min_area_fraction=0.0)
     assert found == reason

@@ -8,15 +8,18 @@ import time
 import pytest
 
 from fgclip.core.prompts import builtin_prompts, load_prompt
+from fgclip.core.throughput import Throughput
 from fgclip.data.negatives.interface import PROMPT_PACKAGE as NEGATIVES
 from fgclip.data.recaption.interface import PROMPT_PACKAGE as RECAPTION
-from fgclip.core.throughput import Throughput
 
 
 def test_builtin_prompts_load_with_their_hash():
     assert builtin_prompts(RECAPTION) == ["recaption.v1"] and builtin_prompts(NEGATIVES) == ["negatives.v1"]
     prompt = load_prompt("negatives.v1", NEGATIVES)
-    assert prompt.ref == "negatives.v1" and prompt.identity() == {"prompt": "negatives.v1", "prompt_sha256": prompt.sha256}
+    assert prompt.ref == "negatives.v1" and prompt.identity() == {
+        "prompt": "negatives.v1",
+        "prompt_sha256": prompt.sha256,
+    }
     text = prompt.render(expression="a red striped circle", count="10", noun="circle")
     assert '"a red striped circle"' in text and "exactly 10" in text and "{" not in text
 

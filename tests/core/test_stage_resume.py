@@ -79,13 +79,19 @@ def reference(tmp_path: Path, inputs: Path) -> dict[str, bytes]:
     return snapshot(tmp_path / "reference")
 
 
-def test_uninterrupted_run_writes_three_files_per_shard(tmp_path: Path, inputs: Path, reference: dict[str, bytes]) -> None:
-    assert sorted(reference) == sorted(f"{s}{suffix}" for s in SHARDS for suffix in (".jsonl", ".rejects.jsonl", ".manifest.json"))
+def test_uninterrupted_run_writes_three_files_per_shard(
+    tmp_path: Path, inputs: Path, reference: dict[str, bytes]
+) -> None:
+    assert sorted(reference) == sorted(
+        f"{s}{suffix}" for s in SHARDS for suffix in (".jsonl", ".rejects.jsonl", ".manifest.json")
+    )
     manifest = json.loads(reference["00001.manifest.json"])
     assert manifest["counts"] == {"in": 4, "out": 3, "rejected": {"bang_line": 1}}
 
 
-def test_process_crash_then_rerun_matches_an_uninterrupted_run(tmp_path: Path, inputs: Path, reference: dict[str, bytes]) -> None:
+def test_process_crash_then_rerun_matches_an_uninterrupted_run(
+    tmp_path: Path, inputs: Path, reference: dict[str, bytes]
+) -> None:
     out = tmp_path / "out"
     stage = UpperCase(inputs, fail_on="00002")
     with pytest.raises(Interrupted):
@@ -101,8 +107,9 @@ def test_process_crash_then_rerun_matches_an_uninterrupted_run(tmp_path: Path, i
     assert counts["items_out"] == 12 and counts["rejected"] == {"bang_line": 2}  # skipped shards' rejects still count
 
 
-def test_crash_between_records_and_manifest_redoes_the_shard(tmp_path: Path, inputs: Path, reference: dict[str, bytes],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_records_and_manifest_redoes_the_shard(
+    tmp_path: Path, inputs: Path, reference: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     real_write = stage_module.write_text_atomic
 
@@ -143,7 +150,9 @@ def test_changed_input_redoes_only_its_shard(tmp_path: Path, inputs: Path) -> No
 
 
 @pytest.mark.parametrize("damage", ["records_edited", "rejects_edited", "records_deleted", "manifest_garbled"])
-def test_corrupted_output_redoes_that_shard(tmp_path: Path, inputs: Path, reference: dict[str, bytes], damage: str) -> None:
+def test_corrupted_output_redoes_that_shard(
+    tmp_path: Path, inputs: Path, reference: dict[str, bytes], damage: str
+) -> None:
     out = tmp_path / "out"
     run(inputs, out)
     target = {

@@ -15,7 +15,6 @@ from fgclip.core import storage
 from tests.support.servers import S3Server, free_port, s3_server
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[S3Server]:
     with s3_server(tmp_path_factory.mktemp("s3") / "root") as running:
@@ -100,8 +99,13 @@ def test_settings_come_from_the_standard_aws_variables(monkeypatch) -> None:
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     settings = storage.s3_settings(S3Config(read_timeout_s=5.0))
-    assert (settings.endpoint_url, settings.max_attempts, settings.retry_mode, settings.region,
-            settings.read_timeout_s) == ("http://127.0.0.1:9", 7, "adaptive", "eu-west-3", 5.0)
+    assert (
+        settings.endpoint_url,
+        settings.max_attempts,
+        settings.retry_mode,
+        settings.region,
+        settings.read_timeout_s,
+    ) == ("http://127.0.0.1:9", 7, "adaptive", "eu-west-3", 5.0)
     client = storage.s3_client(settings)
     assert client.meta.endpoint_url == "http://127.0.0.1:9"
     assert client.meta.config.retries == {"total_max_attempts": 7, "mode": "adaptive"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import subprocess
 import sys
@@ -15,15 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import tool_env
+from fgclip.config import Params
+from fgclip.core.shards import RawShardReader, read_jsonl
 from fgclip.demo import draw as demo_draw
 from fgclip.demo.cli import add_arguments, command
-from fgclip.demo import world as demo_world_module
-from fgclip.demo.world import generate_sample, generate_split
-from fgclip.config import Params
 from fgclip.demo.config import DemoWorldConfig
+from fgclip.demo.world import generate_sample, generate_split
 from fgclip.text.lexicon import COLOURS, PATTERNS, SHAPES, SIZES
-from fgclip.core.shards import RawShardReader, read_jsonl
+from tests.conftest import tool_env
 
 POSITIONS = {"top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"}
 PREDICATES = {"left of", "right of", "above", "below"}
@@ -67,10 +65,17 @@ def test_same_config_gives_byte_identical_files(world: Path, tmp_path: Path) -> 
 def test_output_does_not_depend_on_the_python_hash_seed(tmp_path: Path) -> None:
     config = small_config(train_shards=1, heldout_shards=0, samples_per_shard=4)
     generate_split(config, tmp_path / "here", "train", progress=False)
-    script = ("import sys; from fgclip.demo.world import generate_split; from fgclip.demo.config import DemoWorldConfig; "
-              "generate_split(DemoWorldConfig.model_validate_json(sys.argv[1]), sys.argv[2], 'train', progress=False)")
+    script = (
+        "import sys; from fgclip.demo.world import generate_split; from fgclip.demo.config import DemoWorldConfig; "
+        "generate_split(DemoWorldConfig.model_validate_json(sys.argv[1]), sys.argv[2], 'train', progress=False)"
+    )
     env = {**tool_env(), "PYTHONHASHSEED": "12345"}
-    subprocess.run([sys.executable, "-c", script, config.model_dump_json(), str(tmp_path / "there")], env=env, check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", script, config.model_dump_json(), str(tmp_path / "there")],
+        env=env,
+        check=True,
+        timeout=60,
+    )
     assert files_of(tmp_path / "here") == files_of(tmp_path / "there")
 
 
@@ -95,7 +100,9 @@ def test_alt_text_names_only_things_that_are_in_the_image(world: Path) -> None:
         words = set(re.findall(r"[a-z]+", sample.caption.lower()))
         objects = truth[sample.key]["objects"]
         assert words & set(SHAPES) <= {o["shape"] for o in objects}
-        assert words & set(COLOURS) <= {o["colour"] for o in objects} | set(truth[sample.key]["background"].get("colours", []))
+        assert words & set(COLOURS) <= {o["colour"] for o in objects} | set(
+            truth[sample.key]["background"].get("colours", [])
+        )
 
 
 def test_truth_boxes_positions_and_relations_are_consistent(world: Path) -> None:
@@ -107,13 +114,20 @@ def test_truth_boxes_positions_and_relations_are_consistent(world: Path) -> None
         for obj in record["objects"]:
             x1, y1, x2, y2 = obj["bbox"]
             assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
-            assert (obj["shape"], obj["colour"], obj["pattern"], obj["size"]) in {(s, c, p, z) for s in SHAPES for c in COLOURS for p in PATTERNS for z in SIZES}
+            assert (obj["shape"], obj["colour"], obj["pattern"], obj["size"]) in {
+                (s, c, p, z) for s in SHAPES for c in COLOURS for p in PATTERNS for z in SIZES
+            }
             assert obj["position"] in POSITIONS
             boxes[obj["id"]] = obj["bbox"]
         for relation in record["relations"]:
             a, b = boxes[relation["subject"]], boxes[relation["object"]]
             assert relation["predicate"] in PREDICATES
-            separated = {"left of": a[2] <= b[0], "right of": b[2] <= a[0], "above": a[3] <= b[1], "below": b[3] <= a[1]}
+            separated = {
+                "left of": a[2] <= b[0],
+                "right of": b[2] <= a[0],
+                "above": a[3] <= b[1],
+                "below": b[3] <= a[1],
+            }
             assert separated[relation["predicate"]], relation
 
 
@@ -134,7 +148,9 @@ def _visible_centres(record: dict):
     for index, obj in enumerate(objects):
         x1, y1, x2, y2 = obj["bbox"]
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        if obj["shape"] == "ring" or any(o["bbox"][0] <= cx <= o["bbox"][2] and o["bbox"][1] <= cy <= o["bbox"][3] for o in objects[index + 1:]):
+        if obj["shape"] == "ring" or any(
+            o["bbox"][0] <= cx <= o["bbox"][2] and o["bbox"][1] <= cy <= o["bbox"][3] for o in objects[index + 1 :]
+        ):
             continue  # a ring's centre is its hole
         yield obj, (int(cx * record["width"]), int(cy * record["height"]))
 
@@ -146,7 +162,7 @@ def test_pixels_match_truth_colour_and_pattern(world: Path) -> None:
         pixels = np.asarray(sample.open_image()).astype(int)
         for obj, (x, y) in _visible_centres(truth[sample.key]):
             if obj["pattern"] == "solid":
-                flat = pixels[y - 2:y + 3, x - 2:x + 3].reshape(-1, 3)
+                flat = pixels[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3)
                 assert np.abs(pixels[y, x] - COLOURS[obj["colour"]]).max() <= JPEG_TOLERANCE, (sample.key, obj)
                 assert flat.std(axis=0).max() < 12, (sample.key, obj)
                 checked["solid"] += 1
@@ -154,7 +170,7 @@ def test_pixels_match_truth_colour_and_pattern(world: Path) -> None:
                 # a window wider than one pattern period (a quarter of the side) must hold both tones
                 x1, y1, x2, y2 = obj["bbox"]
                 half = int(PATTERN_WINDOW * max((x2 - x1) * sample.width, (y2 - y1) * sample.height))
-                window = pixels[y - half:y + half + 1, x - half:x + half + 1].reshape(-1, 3)
+                window = pixels[y - half : y + half + 1, x - half : x + half + 1].reshape(-1, 3)
                 assert window.std(axis=0).max() > 20, (sample.key, obj)
                 checked["patterned"] += 1
     assert checked["solid"] >= 3 and checked["patterned"] >= 3
@@ -171,7 +187,9 @@ def test_heldout_differs_from_train(world: Path) -> None:
 
 
 def test_missing_photo_falls_back_to_a_drawn_background(tmp_path: Path) -> None:
-    config = small_config(train_shards=1, samples_per_shard=3, photo_background_rate=1.0, photo_backgrounds=("no_such_photo",))
+    config = small_config(
+        train_shards=1, samples_per_shard=3, photo_background_rate=1.0, photo_backgrounds=("no_such_photo",)
+    )
     summary = generate_split(config, tmp_path, "train", progress=False)
     assert summary.samples == 3 and summary.photo_backgrounds == 0 and summary.photo_fallbacks == 3
     for record in read_jsonl(tmp_path / "train" / "truth" / "00000.jsonl"):
@@ -214,7 +232,9 @@ def test_cli_generates_one_split(tmp_path: Path, capsys: pytest.CaptureFixture[s
     add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "demo"), "--split", "heldout"])
     args.no_progress = True
-    params = Params.model_validate({"demo": {"heldout_shards": 1, "samples_per_shard": 2}, "tracking": {"enabled": False}})
+    params = Params.model_validate(
+        {"demo": {"heldout_shards": 1, "samples_per_shard": 2}, "tracking": {"enabled": False}}
+    )
     assert command(args, params) == 0
     assert not (tmp_path / "demo" / "train").exists()
     assert (tmp_path / "demo" / "heldout" / "images" / "00000.tar").is_file()

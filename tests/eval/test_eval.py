@@ -14,33 +14,55 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from fgclip.eval.heldout import largest_object, long_caption, short_caption
-from fgclip.eval.tasks import evaluate_fgovd
 from fgclip.config import Params
 from fgclip.core.config import TrackingConfig
-from fgclip.eval.config import EvalConfig
-from fgclip.eval.heldout import HeldoutWorld, attribute_phrase, changed_attributes, fgovd_demo_choices, load_heldout
-from fgclip.eval.metrics import candidate_scores, ensemble_templates, pairwise_win_rates, recall_at_k, retrieval_metrics, strict_top1
-from fgclip.eval.tasks import evaluate_world
-from fgclip.eval.evaluate import EvalError, evaluate, load_fgovd_images
-from fgclip.text.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SHAPES
 from fgclip.core.shards import ShardSample, write_image_shard, write_jsonl_atomic
+from fgclip.eval.config import EvalConfig
+from fgclip.eval.evaluate import EvalError, evaluate, load_fgovd_images
+from fgclip.eval.heldout import (
+    HeldoutWorld,
+    attribute_phrase,
+    changed_attributes,
+    fgovd_demo_choices,
+    largest_object,
+    load_heldout,
+    long_caption,
+    short_caption,
+)
+from fgclip.eval.metrics import (
+    candidate_scores,
+    ensemble_templates,
+    pairwise_win_rates,
+    recall_at_k,
+    retrieval_metrics,
+    strict_top1,
+)
+from fgclip.eval.tasks import evaluate_fgovd, evaluate_world
+from fgclip.text.lexicon import ATTRIBUTE_LEXICON, COLOURS, PATTERNS, SHAPES
 
 WIDTH, HEIGHT = 64, 48
 IMAGES = 5
 DEMO_METRICS = {"fgovd_demo_top1", "box_cls_top1", "zero_shot_top1"} | {
-    f"{kind}_{direction}_r{k}" for kind in ("long", "short") for direction in ("i2t", "t2i") for k in (1, 5, 10)}
+    f"{kind}_{direction}_r{k}" for kind in ("long", "short") for direction in ("i2t", "t2i") for k in (1, 5, 10)
+}
 
 
 # ================================================================ metrics on hand-made embeddings
 
+
 def test_recall_at_k_counts_ties_against_the_positive() -> None:
-    similarity = np.array([
-        [0.9, 0.1, 0.2],  # positive 0 ranks first
-        [0.5, 0.4, 0.6],  # positive 1 ranks third
-        [0.3, 0.3, 0.3],  # positive 2 ties everything: rank 2, never credited
-    ])
-    assert recall_at_k(similarity, [[0], [1], [2]], (1, 2, 3)) == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3), 3: 1.0}
+    similarity = np.array(
+        [
+            [0.9, 0.1, 0.2],  # positive 0 ranks first
+            [0.5, 0.4, 0.6],  # positive 1 ranks third
+            [0.3, 0.3, 0.3],  # positive 2 ties everything: rank 2, never credited
+        ]
+    )
+    assert recall_at_k(similarity, [[0], [1], [2]], (1, 2, 3)) == {
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(1 / 3),
+        3: 1.0,
+    }
     # Several correct items: the best one counts.
     assert recall_at_k(similarity, [[0], [1, 2], [2]], (1,)) == {1: pytest.approx(2 / 3)}
 
@@ -57,17 +79,19 @@ def test_candidate_scores_are_cosines_against_each_sets_own_rows() -> None:
     queries = np.array([[2.0, 0.0], [0.0, 3.0]])
     texts = np.array([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
     rows = candidate_scores(queries, texts, [[0, 1, 2], [2, 1]])
-    np.testing.assert_allclose(rows[0], [1.0, 0.0, 2 ** -0.5])
-    np.testing.assert_allclose(rows[1], [2 ** -0.5, 1.0])
+    np.testing.assert_allclose(rows[0], [1.0, 0.0, 2**-0.5])
+    np.testing.assert_allclose(rows[1], [2**-0.5, 1.0])
 
 
 def test_template_ensemble_normalises_before_and_after_averaging() -> None:
-    per_template = np.array([
-        [[10.0, 0.0], [0.0, 1.0]],  # class 0: a long and a short vector weigh the same
-        [[0.0, -2.0], [0.0, -2.0]],
-    ])
+    per_template = np.array(
+        [
+            [[10.0, 0.0], [0.0, 1.0]],  # class 0: a long and a short vector weigh the same
+            [[0.0, -2.0], [0.0, -2.0]],
+        ]
+    )
     ensembled = ensemble_templates(per_template)
-    np.testing.assert_allclose(ensembled, [[2 ** -0.5, 2 ** -0.5], [0.0, -1.0]])
+    np.testing.assert_allclose(ensembled, [[2**-0.5, 2**-0.5], [0.0, -1.0]])
     np.testing.assert_allclose(np.linalg.norm(ensembled, axis=1), 1.0)
 
 
@@ -89,17 +113,41 @@ def test_pairwise_win_rates_group_negatives_by_changed_attributes() -> None:
 
 # ================================================================ a tiny held-out world
 
+
 def demo_objects(index: int) -> list[dict]:
     colours = list(COLOURS)
     objects = [
-        {"id": 0, "shape": SHAPES[index % len(SHAPES)], "colour": colours[index % len(colours)],
-         "pattern": PATTERNS[index % len(PATTERNS)], "size": "large", "bbox": [0.05, 0.1, 0.55, 0.8], "position": "left"},
-        {"id": 1, "shape": SHAPES[(index + 3) % len(SHAPES)], "colour": colours[(index + 5) % len(colours)],
-         "pattern": PATTERNS[(index + 1) % len(PATTERNS)], "size": "small", "bbox": [0.6, 0.2, 0.85, 0.5], "position": "right"},
+        {
+            "id": 0,
+            "shape": SHAPES[index % len(SHAPES)],
+            "colour": colours[index % len(colours)],
+            "pattern": PATTERNS[index % len(PATTERNS)],
+            "size": "large",
+            "bbox": [0.05, 0.1, 0.55, 0.8],
+            "position": "left",
+        },
+        {
+            "id": 1,
+            "shape": SHAPES[(index + 3) % len(SHAPES)],
+            "colour": colours[(index + 5) % len(colours)],
+            "pattern": PATTERNS[(index + 1) % len(PATTERNS)],
+            "size": "small",
+            "bbox": [0.6, 0.2, 0.85, 0.5],
+            "position": "right",
+        },
     ]
     if index % 2:
-        objects.append({"id": 2, "shape": SHAPES[(index + 5) % len(SHAPES)], "colour": colours[(index + 2) % len(colours)],
-                        "pattern": "solid", "size": "small", "bbox": [0.6, 0.6, 0.9, 0.95], "position": "bottom right"})
+        objects.append(
+            {
+                "id": 2,
+                "shape": SHAPES[(index + 5) % len(SHAPES)],
+                "colour": colours[(index + 2) % len(colours)],
+                "pattern": "solid",
+                "size": "small",
+                "bbox": [0.6, 0.6, 0.9, 0.95],
+                "position": "bottom right",
+            }
+        )
     return objects
 
 
@@ -115,9 +163,14 @@ def jpeg_of(objects: list[dict], seed: int) -> bytes:
 
 
 def truth_record(key: str, objects: list[dict], width: int = WIDTH) -> dict:
-    return {"key": key, "width": width, "height": HEIGHT,
-            "background": {"kind": "plain", "colours": ["blue"], "description": "a plain light blue background"},
-            "objects": objects, "relations": [{"subject": 0, "predicate": "left of", "object": 1}]}
+    return {
+        "key": key,
+        "width": width,
+        "height": HEIGHT,
+        "background": {"kind": "plain", "colours": ["blue"], "description": "a plain light blue background"},
+        "objects": objects,
+        "relations": [{"subject": 0, "predicate": "left of", "object": 1}],
+    }
 
 
 def build_world(root: Path, *, with_bad_samples: bool = False) -> tuple[Path, Path]:
@@ -152,12 +205,17 @@ def small_params(**eval_changes: object) -> Params:
 
 # ================================================================ task builders
 
+
 def test_heldout_loader_joins_truth_and_rejects_what_cannot_be_labelled(tmp_path: Path) -> None:
     images, truth = build_world(tmp_path, with_bad_samples=True)
     world = load_heldout(images, truth)
     assert [s.key for s in world.samples] == [f"ho{i:09d}" for i in range(IMAGES)]
     assert world.reject_counts() == {"bad_truth": 1, "no_truth": 1, "truth_mismatch": 1}
-    assert {r.key: r.reason for r in world.rejects} == {"orphan": "no_truth", "wrongsize": "truth_mismatch", "badbox": "bad_truth"}
+    assert {r.key: r.reason for r in world.rejects} == {
+        "orphan": "no_truth",
+        "wrongsize": "truth_mismatch",
+        "badbox": "bad_truth",
+    }
     assert world.samples[1].boxes().shape == (3, 4)
 
 
@@ -167,7 +225,11 @@ def test_demo_fgovd_questions_use_seeded_rule_negatives_that_keep_the_noun(world
     choices, short_sets = fgovd_demo_choices(world, params)
     assert len(choices) == sum(len(s.objects) for s in world.samples) and short_sets == 0
     first = world.samples[0].objects[0]
-    assert choices[0].candidates[0] == attribute_phrase(first) == f"large {first['colour']} {first['pattern']} {first['shape']}"
+    assert (
+        choices[0].candidates[0]
+        == attribute_phrase(first)
+        == f"large {first['colour']} {first['pattern']} {first['shape']}"
+    )
     for choice in choices:
         positive, *negatives = choice.candidates
         shape = positive.split()[-1]
@@ -193,8 +255,15 @@ def test_changed_attributes_counts_swaps_and_insertions_by_class() -> None:
 def test_long_caption_is_error_free_and_mentions_every_object(world_dirs: tuple[Path, Path]) -> None:
     world = load_heldout(*world_dirs)
     params = small_params()
-    noisy = params.model_copy(update={"recaption": params.recaption.model_copy(update={
-        "demo": params.recaption.demo.model_copy(update={"attribute_error_rate": 1.0, "miss_rate": 0.0})})})
+    noisy = params.model_copy(
+        update={
+            "recaption": params.recaption.model_copy(
+                update={
+                    "demo": params.recaption.demo.model_copy(update={"attribute_error_rate": 1.0, "miss_rate": 0.0})
+                }
+            )
+        }
+    )
     for sample in world.samples:
         caption = long_caption(sample, params)
         assert all(attribute_phrase(obj) in caption for obj in sample.objects), caption
@@ -202,6 +271,7 @@ def test_long_caption_is_error_free_and_mentions_every_object(world_dirs: tuple[
 
 
 # ================================================================ runners on fake embedders
+
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
@@ -263,9 +333,16 @@ class OracleEmbedder:
 
     def encode_texts(self, texts, long):
         self.calls["texts"] += 1
-        return np.array([self.vector(self.caption_keys[t]) if t in self.caption_keys
-                         else self.vector(shape=self.prompt_shape[t]) if t in self.prompt_shape
-                         else self.vector(text=t) for t in texts])
+        return np.array(
+            [
+                self.vector(self.caption_keys[t])
+                if t in self.caption_keys
+                else self.vector(shape=self.prompt_shape[t])
+                if t in self.prompt_shape
+                else self.vector(text=t)
+                for t in texts
+            ]
+        )
 
 
 class CollapsedEmbedder:
@@ -306,14 +383,23 @@ def test_a_collapsed_model_gets_no_credit(world_dirs: tuple[Path, Path]) -> None
 
 # ================================================================ FG-OVD with images
 
+
 def write_fgovd(root: Path, image_names: list[str]) -> tuple[Path, Path]:
     """A one-file FG-OVD folder (hard) and a COCO-like image folder holding `image_names`."""
     lines = []
     for index, name in enumerate(["000000000139.jpg", "000000000285.jpg"]):
         for box, colour in (([2.0, 3.0, 20.0, 30.0], "red"), ([30.0, 10.0, 30.0, 30.0], "blue")):
-            lines.append({"img_path": f"val2017/{name}", "bbox": box, "pos_expression": [f"A {colour} wooden chair."],
-                          "neg_expression": [f"A {c} wooden chair." for c in ("green", "pink", "black")][: 3 - index],
-                          "width": WIDTH, "height": HEIGHT, "test_type": "1_attributes"})
+            lines.append(
+                {
+                    "img_path": f"val2017/{name}",
+                    "bbox": box,
+                    "pos_expression": [f"A {colour} wooden chair."],
+                    "neg_expression": [f"A {c} wooden chair." for c in ("green", "pink", "black")][: 3 - index],
+                    "width": WIDTH,
+                    "height": HEIGHT,
+                    "test_type": "1_attributes",
+                }
+            )
     fgovd_dir, coco = root / "fgovd", root / "coco" / "val2017"
     fgovd_dir.mkdir(parents=True)
     coco.mkdir(parents=True)
@@ -332,8 +418,9 @@ class FGOVDOracle(CollapsedEmbedder):
         return np.array([float(w in words(text)) for w in self.vocabulary])
 
     def encode_images(self, images, boxes, with_global=True):
-        return np.ones((len(images), 7)), [np.array([self.embed("red chair" if b[0] < 0.2 else "blue chair") for b in bs])
-                                           for bs in boxes]
+        return np.ones((len(images), 7)), [
+            np.array([self.embed("red chair" if b[0] < 0.2 else "blue chair") for b in bs]) for bs in boxes
+        ]
 
     def encode_texts(self, texts, long):
         return np.array([self.embed(t) for t in texts])
@@ -342,8 +429,9 @@ class FGOVDOracle(CollapsedEmbedder):
 def test_fgovd_scores_the_benchmark_items_whose_images_exist(tmp_path: Path, world_dirs: tuple[Path, Path]) -> None:
     fgovd_dir, coco = write_fgovd(tmp_path, ["000000000139.jpg", "000000000285.jpg"])
     params = small_params(fgovd_difficulties=("hard",))
-    metrics, counts = evaluate(FGOVDOracle(), params, images=world_dirs[0], truth=world_dirs[1],
-                               fgovd_dir=fgovd_dir, coco_images=coco)
+    metrics, counts = evaluate(
+        FGOVDOracle(), params, images=world_dirs[0], truth=world_dirs[1], fgovd_dir=fgovd_dir, coco_images=coco
+    )
     assert metrics["fgovd_hard_top1"] == 1.0
     assert counts["fgovd_hard_evaluated"] == 4 and counts["fgovd_images_missing"] == 0
 
@@ -352,14 +440,16 @@ def test_missing_coco_images_fail_clearly_unless_allowed(tmp_path: Path) -> None
     fgovd_dir, coco = write_fgovd(tmp_path, ["000000000139.jpg"])
     with pytest.raises(EvalError, match=re.escape(f"1 of 2 images not found under {coco}")):
         load_fgovd_images(fgovd_dir, coco, small_params(fgovd_difficulties=("hard",)))
-    splits, found, counts = load_fgovd_images(fgovd_dir, coco, small_params(fgovd_difficulties=("hard",),
-                                                                            fgovd_allow_missing_images=True))
+    splits, found, counts = load_fgovd_images(
+        fgovd_dir, coco, small_params(fgovd_difficulties=("hard",), fgovd_allow_missing_images=True)
+    )
     assert list(found) == ["000000000139.jpg"] and counts["fgovd_images_missing"] == 1
     metrics, more = evaluate_fgovd(splits, found, FGOVDOracle(), small_params())
     assert metrics == {"fgovd_hard_top1": 1.0} and more["fgovd_hard_evaluated"] == 2
 
 
 # ================================================================ the real model, end to end
+
 
 def save_tiny_fgclip(folder: Path, clip_factory) -> None:
     """A random tiny FG-CLIP + a word-level tokenizer + a CLIP image processor, as a
@@ -369,28 +459,40 @@ def save_tiny_fgclip(folder: Path, clip_factory) -> None:
 
     from fgclip.model import convert_clip_to_fgclip
 
-    vocabulary = sorted({w for cls in ATTRIBUTE_LEXICON.values() for w in cls} | set(SHAPES) | {
-        "a", "an", "the", "photo", "of", "picture", "image", "and", "on", "left", "right", "shapes", "."})
+    vocabulary = sorted(
+        {w for cls in ATTRIBUTE_LEXICON.values() for w in cls}
+        | set(SHAPES)
+        | {"a", "an", "the", "photo", "of", "picture", "image", "and", "on", "left", "right", "shapes", "."}
+    )
     tokens = ["<pad>", "<unk>", *vocabulary, "<bos>", "<eos>"]
     ids = {token: index for index, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.WordLevel(ids, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", ids["<bos>"]), ("<eos>", ids["<eos>"])])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                            unk_token="<unk>", model_max_length=77).save_pretrained(folder)
+        single="<bos> $A <eos>", special_tokens=[("<bos>", ids["<bos>"]), ("<eos>", ids["<eos>"])]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=77,
+    ).save_pretrained(folder)
     clip = clip_factory(vocab_size=len(tokens), bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=0)
     convert_clip_to_fgclip(clip).save_pretrained(folder)
     side = clip.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(folder)
 
 
-def test_adapter_regions_come_from_the_whole_image_and_globals_from_the_chosen_view(tmp_path: Path, clip_factory) -> None:
+def test_adapter_regions_come_from_the_whole_image_and_globals_from_the_chosen_view(
+    tmp_path: Path, clip_factory
+) -> None:
     import torch
 
-    from fgclip.model.embedder import FGCLIPEmbedder
     from fgclip.model import region_features
+    from fgclip.model.embedder import FGCLIPEmbedder
 
     save_tiny_fgclip(tmp_path, clip_factory)
     processor_view, whole_view = FGCLIPEmbedder(tmp_path, "cpu"), FGCLIPEmbedder(tmp_path, "cpu", "whole")
@@ -421,12 +523,14 @@ def test_adapter_regions_come_from_the_whole_image_and_globals_from_the_chosen_v
     text = ["a large red striped circle"]
     with torch.no_grad():
         model.text_filip_projection.weight.mul_(2.0)
-    np.testing.assert_allclose(whole_view.encode_texts(text, long=True), 2 * whole_view.encode_texts(text, long=False),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        whole_view.encode_texts(text, long=True), 2 * whole_view.encode_texts(text, long=False), rtol=1e-5, atol=1e-6
+    )
 
 
-def test_fgclip_eval_cli_writes_metrics_plot_and_mlflow_run(tmp_path: Path, world_dirs: tuple[Path, Path], clip_factory,
-                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_fgclip_eval_cli_writes_metrics_plot_and_mlflow_run(
+    tmp_path: Path, world_dirs: tuple[Path, Path], clip_factory, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     import mlflow
 
     from fgclip.cli import main
@@ -437,10 +541,35 @@ def test_fgclip_eval_cli_writes_metrics_plot_and_mlflow_run(tmp_path: Path, worl
     fgovd_dir, coco = write_fgovd(tmp_path, ["000000000139.jpg", "000000000285.jpg"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "reports" / "stage2"
-    common = ["--params", str(tmp_path / "none.yaml"), "--no-progress", "--set", f"tracking.uri={uri}",
-              "--set", "eval.batch_size=16", "--set", "eval.fgovd_difficulties=[hard]"]
-    code = main([*common, "eval", "--model", str(model), "--images", str(world_dirs[0]), "--truth", str(world_dirs[1]),
-                 "--out", str(out), "--fgovd-dir", str(fgovd_dir), "--coco-images", str(coco)])
+    common = [
+        "--params",
+        str(tmp_path / "none.yaml"),
+        "--no-progress",
+        "--set",
+        f"tracking.uri={uri}",
+        "--set",
+        "eval.batch_size=16",
+        "--set",
+        "eval.fgovd_difficulties=[hard]",
+    ]
+    code = main(
+        [
+            *common,
+            "eval",
+            "--model",
+            str(model),
+            "--images",
+            str(world_dirs[0]),
+            "--truth",
+            str(world_dirs[1]),
+            "--out",
+            str(out),
+            "--fgovd-dir",
+            str(fgovd_dir),
+            "--coco-images",
+            str(coco),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert DEMO_METRICS | {"fgovd_hard_top1"} <= set(metrics)
@@ -464,15 +593,36 @@ def test_fgclip_eval_cli_writes_metrics_plot_and_mlflow_run(tmp_path: Path, worl
     assert rows["box_cls_top1"] == ["0.250", f"{metrics['box_cls_top1']:.3f}", f"{metrics['box_cls_top1'] - 0.25:+.3f}"]
     assert rows["fgovd_hard_top1"][0] == "-"
     names = [line.split()[0] for line in table[2:]]
-    assert names.index("fgovd_demo_top1") < names.index("box_cls_top1") < names.index("long_i2t_r1") \
-        < names.index("long_i2t_r5") < names.index("long_i2t_r10")
+    assert (
+        names.index("fgovd_demo_top1")
+        < names.index("box_cls_top1")
+        < names.index("long_i2t_r1")
+        < names.index("long_i2t_r5")
+        < names.index("long_i2t_r10")
+    )
 
 
-def test_eval_cli_reports_a_missing_model_as_one_clear_error(tmp_path: Path, world_dirs: tuple[Path, Path], capsys) -> None:
+def test_eval_cli_reports_a_missing_model_as_one_clear_error(
+    tmp_path: Path, world_dirs: tuple[Path, Path], capsys
+) -> None:
     from fgclip.cli import main
 
-    code = main(["--params", str(tmp_path / "none.yaml"), "--set", "tracking.enabled=false", "eval", "--model",
-                 str(tmp_path / "nowhere"), "--images", str(world_dirs[0]), "--truth", str(world_dirs[1]),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "--params",
+            str(tmp_path / "none.yaml"),
+            "--set",
+            "tracking.enabled=false",
+            "eval",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--images",
+            str(world_dirs[0]),
+            "--truth",
+            str(world_dirs[1]),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     assert "is not a saved model" in capsys.readouterr().err

@@ -29,7 +29,9 @@ def good_line(**changes: object) -> dict:
     return record
 
 
-@pytest.mark.skipif(not FGOVD_DIR.is_dir(), reason=f"FG-OVD benchmark folder {FGOVD_DIR} does not exist (set FGCLIP_FGOVD_DIR)")
+@pytest.mark.skipif(
+    not FGOVD_DIR.is_dir(), reason=f"FG-OVD benchmark folder {FGOVD_DIR} does not exist (set FGCLIP_FGOVD_DIR)"
+)
 def test_reads_the_published_files_completely_with_valid_boxes() -> None:
     splits = load_fgovd(FGOVD_DIR)
     assert set(splits) == set(FGOVD_FILES)
@@ -74,13 +76,20 @@ def test_bad_lines_are_counted_rejects_not_crashes(tmp_path: Path) -> None:
         json.dumps(good_line(img_path=None)),
     ]
     path = tmp_path / "m.jsonl"
-    path.write_text("\n".join([json.dumps(good_line()), *bad, json.dumps(good_line(neg_expression=["only one"]))]) + "\n")
+    path.write_text(
+        "\n".join([json.dumps(good_line()), *bad, json.dumps(good_line(neg_expression=["only one"]))]) + "\n"
+    )
     split = read_fgovd_file(path, "medium")
     assert split.lines == len(bad) + 2
     assert [item.line for item in split.items] == [1, len(bad) + 2]
     assert len(split.items[1].candidates) == 2  # fewer negatives are kept (the published files have some)
     assert split.reject_counts() == {
-        "bad_bbox": 2, "bad_expression": 2, "bad_image_path": 1, "bad_image_size": 1, "bad_json": 2, "box_outside_image": 1,
+        "bad_bbox": 2,
+        "bad_expression": 2,
+        "bad_image_path": 1,
+        "bad_image_size": 1,
+        "bad_json": 2,
+        "box_outside_image": 1,
     }
     assert all(r.stage == "fgovd" and r.key.startswith("line") and r.detail for r in split.rejects)
 

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 
 from fgclip.core import schema
-from fgclip.data.negatives.config import NegativesConfig, NegativesEndpointConfig
-from fgclip.llm.config import EndpointConfig
-from fgclip.llm.chat import ChatReply, EndpointDown
-from fgclip.llm.endpoint import ChatEndpoint, parse_completion
-from fgclip.data.negatives.stage import NegativesStage
-from fgclip.data.negatives.validation import validate_negatives
 from fgclip.core.shards import annotation_path, read_jsonl, write_jsonl_atomic
 from fgclip.core.stage import run_stage
+from fgclip.data.negatives.config import NegativesConfig, NegativesEndpointConfig
+from fgclip.data.negatives.stage import NegativesStage
+from fgclip.data.negatives.validation import validate_negatives
+from fgclip.llm.chat import ChatReply, EndpointDown
+from fgclip.llm.config import EndpointConfig
+from fgclip.llm.endpoint import ChatEndpoint, parse_completion
 from tests.conftest import run_cli
 from tests.support.llm_models import demo_expressions, smollm2_gguf
-from tests.support.servers import DelayingProxy, ManagedServer, free_port, llama_cpp_server, static_web_server
 from tests.support.records import write_records
+from tests.support.servers import DelayingProxy, ManagedServer, free_port, llama_cpp_server, static_web_server
 
 K = 10
 SHORTS = [["large red striped circle", "small blue dotted square"], ["wooden chair", "man"]]
@@ -38,8 +38,15 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> ManagedServer:
 
 
 def endpoint(url: str, model: str, **changes) -> NegativesEndpointConfig:
-    settings = {"base_url": url + "/v1", "model": model, "api_key_env": None, "concurrency": 2, "max_tokens": 160,
-                **FAST_RETRY, **changes}
+    settings = {
+        "base_url": url + "/v1",
+        "model": model,
+        "api_key_env": None,
+        "concurrency": 2,
+        "max_tokens": 160,
+        **FAST_RETRY,
+        **changes,
+    }
     return NegativesEndpointConfig(**settings)
 
 
@@ -48,17 +55,26 @@ def model_name(server: ManagedServer) -> str:
 
 
 def write_regions(folder: Path, shard: str = "00000", shorts: list[list[str]] = SHORTS) -> None:
-    records = [{"key": f"{shard}-{i}", "width": 64, "height": 48,
-                "regions": [{"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": s, "long_expr": s} for s in group]}
-               for i, group in enumerate(shorts)]
+    records = [
+        {
+            "key": f"{shard}-{i}",
+            "width": 64,
+            "height": 48,
+            "regions": [{"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": s, "long_expr": s} for s in group],
+        }
+        for i, group in enumerate(shorts)
+    ]
     write_jsonl_atomic(annotation_path(folder, shard), records)
 
 
 def negatives_stage(folder: Path, config: NegativesEndpointConfig, **changes) -> NegativesStage:
-    return NegativesStage(folder, NegativesConfig(**{"backend": "openai", "batch_size": 4, "openai": config, **changes}), seed=0)
+    return NegativesStage(
+        folder, NegativesConfig(**{"backend": "openai", "batch_size": 4, "openai": config, **changes}), seed=0
+    )
 
 
 # ---------------------------------------------------------------- a working server
+
 
 def test_negatives_from_llama_cpp_are_validated_and_repairs_counted(llama: ManagedServer, tmp_path: Path) -> None:
     write_regions(tmp_path / "regions")
@@ -80,14 +96,40 @@ def test_negatives_from_llama_cpp_are_validated_and_repairs_counted(llama: Manag
 
 
 def test_the_cli_switches_to_the_endpoint_by_params_alone(llama: ManagedServer, tmp_path: Path) -> None:
-    records = [{"key": "k0", "width": 64, "height": 48, "regions": [
-        {"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": "large red striped circle", "long_expr": "x"}]}]
+    records = [
+        {
+            "key": "k0",
+            "width": 64,
+            "height": 48,
+            "regions": [
+                {"bbox": [0.1, 0.1, 0.5, 0.5], "score": 0.9, "short_expr": "large red striped circle", "long_expr": "x"}
+            ],
+        }
+    ]
     write_records(records, tmp_path / "regions")
-    overrides = {"tracking.enabled": "false", "negatives.backend": "openai", "negatives.openai.base_url": llama.url + "/v1",
-                 "negatives.openai.model": model_name(llama), "negatives.openai.max_tokens": "96"}
-    run_cli(["--params", str(tmp_path / "none.yaml"), *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
-             "--no-progress", "negatives", "--regions", str(tmp_path / "regions"), "--out", str(tmp_path / "out"),
-             "--report", str(tmp_path / "report.json")], cwd=tmp_path)
+    overrides = {
+        "tracking.enabled": "false",
+        "negatives.backend": "openai",
+        "negatives.openai.base_url": llama.url + "/v1",
+        "negatives.openai.model": model_name(llama),
+        "negatives.openai.max_tokens": "96",
+    }
+    run_cli(
+        [
+            "--params",
+            str(tmp_path / "none.yaml"),
+            *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+            "--no-progress",
+            "negatives",
+            "--regions",
+            str(tmp_path / "regions"),
+            "--out",
+            str(tmp_path / "out"),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        cwd=tmp_path,
+    )
     [record] = read_jsonl(annotation_path(tmp_path / "out", "00000"))
     assert validate_negatives("large red striped circle", record["regions"][0]["short_expr_negs"], K) == []
     manifest = json.loads(annotation_path(tmp_path / "out", "00000", "manifest").read_text())
@@ -108,7 +150,7 @@ def test_smollm2_negatives_for_fifty_demo_world_expressions(llama: ManagedServer
     """The real model on the demo world: exactly K validated negatives per expression, the
     model's share and the repairs counted (the figures are printed for the README)."""
     expressions = demo_expressions(50)
-    write_regions(tmp_path / "regions", shorts=[expressions[i:i + 5] for i in range(0, 50, 5)])
+    write_regions(tmp_path / "regions", shorts=[expressions[i : i + 5] for i in range(0, 50, 5)])
     stage = negatives_stage(tmp_path / "regions", endpoint(llama.url, model_name(llama), max_tokens=200), batch_size=10)
     summary = run_stage(stage, ["00000"], tmp_path / "out", progress=False)
     records = read_jsonl(annotation_path(tmp_path / "out", "00000"))
@@ -128,10 +170,14 @@ def test_smollm2_negatives_for_fifty_demo_world_expressions(llama: ManagedServer
 
 # ---------------------------------------------------------------- a slow server
 
+
 def test_a_slow_answer_is_retried(llama: ManagedServer) -> None:
     with DelayingProxy(llama.url, delays=[3.0]) as proxy:
-        chat = ChatEndpoint(EndpointConfig(**endpoint(proxy.url, model_name(llama), timeout_s=1.0, max_tokens=8,
-                                                      concurrency=1).model_dump()))
+        chat = ChatEndpoint(
+            EndpointConfig(
+                **endpoint(proxy.url, model_name(llama), timeout_s=1.0, max_tokens=8, concurrency=1).model_dump()
+            )
+        )
         replies = chat.chat([[{"role": "user", "content": "Say hello."}]] * 2)
         chat.close()
     assert all(reply.ok for reply in replies), replies
@@ -156,6 +202,7 @@ def test_an_always_slow_server_gives_counted_rejects_or_stops(llama: ManagedServ
 
 # ---------------------------------------------------------------- not an LLM server, or none at all
 
+
 def test_a_web_server_that_is_not_an_endpoint_gives_per_request_errors(tmp_path: Path) -> None:
     with static_web_server(tmp_path / "site") as site:
         chat = ChatEndpoint(EndpointConfig(**endpoint(site.url, "any", max_retries=1).model_dump()))
@@ -173,6 +220,7 @@ def test_nobody_listening_stops_with_a_clear_error(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- a server that goes away
+
 
 def test_a_server_killed_mid_run_stops_the_stage_and_a_rerun_resumes(llama: ManagedServer, tmp_path: Path) -> None:
     shards = ["00000", "00001", "00002"]
@@ -206,13 +254,19 @@ def test_a_server_killed_mid_run_stops_the_stage_and_a_rerun_resumes(llama: Mana
 
 # ---------------------------------------------------------------- reading answers
 
+
 def test_completion_bodies() -> None:
-    body = {"choices": [{"message": {"content": "a caption"}, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 5}}
+    body = {
+        "choices": [{"message": {"content": "a caption"}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5},
+    }
     assert parse_completion(body) == ChatReply(text="a caption", prompt_tokens=12, completion_tokens=5, truncated=True)
     assert parse_completion({"choices": []}).error == "bad_response"
     assert parse_completion({"error": "overloaded"}).error == "bad_response"
-    assert parse_completion({"choices": [{"message": {"content": None}, "finish_reason": "tool_calls"}]}).error == "empty_reply"
+    assert (
+        parse_completion({"choices": [{"message": {"content": None}, "finish_reason": "tool_calls"}]}).error
+        == "empty_reply"
+    )
 
 
 def test_retry_after_is_honoured_and_backoff_grows() -> None:
@@ -228,6 +282,6 @@ def test_retry_after_is_honoured_and_backoff_grows() -> None:
     assert _retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
     assert _retry_after(httpx.Response(500)) is None
     chat = ChatEndpoint(EndpointConfig(model="m", api_key_env=None, backoff_s=1.0, backoff_max_s=5.0, timeout_s=60.0))
-    assert [0.5 <= chat._delay(r, None) / min(5.0, 2 ** r) <= 1.0 for r in range(5)] == [True] * 5
+    assert [0.5 <= chat._delay(r, None) / min(5.0, 2**r) <= 1.0 for r in range(5)] == [True] * 5
     assert chat._delay(0, 7.0) == 7.0 and chat._delay(0, 600.0) == 60.0  # capped at one request's timeout
     chat.close()

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from fgclip.config import load_params
-from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration import control, form, process
+from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.dataset import version_id
 from fgclip.orchestration.pipeline import PipelineError, group_label, load_pipeline, shard_groups
 
@@ -52,7 +52,16 @@ def test_stages_come_in_dependency_order_with_their_commands(tmp_path: Path) -> 
     assert pipeline.upstream["qc"] == {"source", "recaption"}
     recaption = pipeline.stage("recaption")
     assert recaption.command(["00000", "00001"]) == [
-        "fgclip", "recaption", "--images", "raw", "--out", "caps", "--shards", "00000", "00001"]
+        "fgclip",
+        "recaption",
+        "--images",
+        "raw",
+        "--out",
+        "caps",
+        "--shards",
+        "00000",
+        "00001",
+    ]
     assert recaption.component == "recaption" and recaption.option("--out") == "caps"
     qc = pipeline.stage("qc")
     assert qc.cached_outs == ("reports/qc/gallery",) and "reports/qc/report.json" in qc.outs
@@ -69,22 +78,28 @@ def test_shards_go_only_to_fanned_out_stages(tmp_path: Path) -> None:
         pipeline.stage("recaption").command()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stages:\n  a:\n    foreach: ${models}\n    do: {cmd: echo}\n", "literal"),
-    ("stages:\n  a:\n    foreach: [1]\n    do:\n      cmd: echo ${item} ${vars.x}\n", "vars"),
-    ("stages:\n  a:\n    wdir: sub\n    cmd: echo\n", "not supported"),
-    ("stages:\n  a:\n    cmd: fgclip x --n ${n}\n", "templated"),
-    ("stages:\n  a:\n    cmd: [echo a, echo b]\n", "one command"),
-    ("stages:\n  a: {cmd: x, deps: [b], outs: [a]}\n  b: {cmd: y, deps: [a], outs: [b]}\n", "cycle"),
-    ("vars: [x.yaml]\nstages: {}\n", "top-level"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stages:\n  a:\n    foreach: ${models}\n    do: {cmd: echo}\n", "literal"),
+        ("stages:\n  a:\n    foreach: [1]\n    do:\n      cmd: echo ${item} ${vars.x}\n", "vars"),
+        ("stages:\n  a:\n    wdir: sub\n    cmd: echo\n", "not supported"),
+        ("stages:\n  a:\n    cmd: fgclip x --n ${n}\n", "templated"),
+        ("stages:\n  a:\n    cmd: [echo a, echo b]\n", "one command"),
+        ("stages:\n  a: {cmd: x, deps: [b], outs: [a]}\n  b: {cmd: y, deps: [a], outs: [b]}\n", "cycle"),
+        ("vars: [x.yaml]\nstages: {}\n", "top-level"),
+    ],
+)
 def test_dvc_features_the_dags_cannot_run_are_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(PipelineError, match=message):
         load_pipeline(_project(tmp_path, text))
 
 
 def test_foreach_stages_expand_as_dvc_names_them(tmp_path: Path) -> None:
-    pipeline = load_pipeline(_project(tmp_path, """
+    pipeline = load_pipeline(
+        _project(
+            tmp_path,
+            """
         stages:
           train:
             foreach: [small, large]
@@ -97,7 +112,9 @@ def test_foreach_stages_expand_as_dvc_names_them(tmp_path: Path) -> None:
               cmd: fgclip eval --model models/${key} --split ${item.split}
               deps: ["models/${key}"]
               metrics: [{"reports/${key}.json": {cache: false}}]
-    """))
+    """,
+        )
+    )
     assert pipeline.names == ["train@small", "train@large", "eval@small", "eval@large"]
     small = pipeline.stage("eval@small")
     assert small.argv == ["fgclip", "eval", "--model", "models/small", "--split", "heldout"]
@@ -128,12 +145,15 @@ def _script(tmp_path: Path, body: str) -> list[str]:
 
 
 def test_run_command_streams_every_line_and_progress_update(tmp_path: Path, caplog) -> None:
-    argv = _script(tmp_path, """
+    argv = _script(
+        tmp_path,
+        """
         import sys
         print("first line")
         sys.stderr.write("progress 1/2\\rprogress 2/2\\n")
         sys.stdout.write("no newline at the end")
-    """)
+    """,
+    )
     with caplog.at_level(logging.INFO, logger=process.log.name):
         result = process.run_command(argv, cwd=tmp_path, env=dict(os.environ))
     assert result.returncode == 0
@@ -144,11 +164,14 @@ def test_run_command_streams_every_line_and_progress_update(tmp_path: Path, capl
 
 @pytest.mark.parametrize("code, retryable", [(1, True), (2, False), (3, False), (137, True)])
 def test_a_failing_command_says_what_failed_and_whether_to_retry(tmp_path: Path, code: int, retryable: bool) -> None:
-    argv = _script(tmp_path, f"""
+    argv = _script(
+        tmp_path,
+        f"""
         import sys
         print("the reason it failed")
         sys.exit({code})
-    """)
+    """,
+    )
     with pytest.raises(process.StageFailed) as failure:
         process.run_command(argv, cwd=tmp_path)
     assert failure.value.returncode == code and failure.value.retryable is retryable
@@ -156,11 +179,14 @@ def test_a_failing_command_says_what_failed_and_whether_to_retry(tmp_path: Path,
 
 
 def test_a_killed_task_stops_its_command(tmp_path: Path) -> None:
-    argv = _script(tmp_path, """
+    argv = _script(
+        tmp_path,
+        """
         import os, time
         print("started", os.getpid(), flush=True)
         time.sleep(60)
-    """)
+    """,
+    )
     seen: list[int] = []
 
     class Killed(BaseException):  # what Airflow raises in the task when it is killed
@@ -207,8 +233,9 @@ def test_form_values_land_in_params_yaml_keeping_its_comments(tmp_path: Path) ->
     assert load_params(tmp_path / "params.yaml").qc.sample_size == 40
 
 
-@pytest.mark.parametrize("values, message", [({"qc.max_noise_upper": 2.0}, "not valid"),
-                                             ({"qc.no_such_knob": 1}, "no key")])
+@pytest.mark.parametrize(
+    "values, message", [({"qc.max_noise_upper": 2.0}, "not valid"), ({"qc.no_such_knob": 1}, "no key")]
+)
 def test_bad_form_values_are_refused_before_anything_is_written(tmp_path: Path, values, message) -> None:
     (tmp_path / "params.yaml").write_text("qc:\n  sample_size: 400\n")
     with pytest.raises(control.ControlError, match=message):

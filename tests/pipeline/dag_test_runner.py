@@ -27,15 +27,26 @@ def main() -> int:
         return 1
     run = bag.dags[dag_id].test(run_conf=conf)
     with create_session() as session:
-        tasks = [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
-                  "label": ti.rendered_map_index} for ti in run.get_task_instances(session=session)]
-        xcoms = session.query(XComModel).filter(XComModel.run_id == run.run_id, XComModel.dag_id == dag_id,
-                                                XComModel.key == "return_value").all()
+        tasks = [
+            {"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state), "label": ti.rendered_map_index}
+            for ti in run.get_task_instances(session=session)
+        ]
+        xcoms = (
+            session.query(XComModel)
+            .filter(XComModel.run_id == run.run_id, XComModel.dag_id == dag_id, XComModel.key == "return_value")
+            .all()
+        )
         results = [{"task_id": x.task_id, "map_index": x.map_index, "value": x.value} for x in xcoms]
-        events = [{"source_dag_id": e.source_dag_id, "source_run_id": e.source_run_id, "extra": e.extra}
-                  for e in session.query(AssetEvent).order_by(AssetEvent.id).all()]
-    print(json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": tasks, "results": results,
-                      "asset_events": events}, default=str))
+        events = [
+            {"source_dag_id": e.source_dag_id, "source_run_id": e.source_run_id, "extra": e.extra}
+            for e in session.query(AssetEvent).order_by(AssetEvent.id).all()
+        ]
+    print(
+        json.dumps(
+            {"state": str(run.state), "run_id": run.run_id, "tasks": tasks, "results": results, "asset_events": events},
+            default=str,
+        )
+    )
     return 0
 
 

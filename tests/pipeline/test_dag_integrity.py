@@ -23,8 +23,12 @@ PARSE_BUDGET_S = 20.0  # Airflow's own dagbag_import_timeout is 30 s
 @pytest.fixture(scope="module", autouse=True)
 def airflow_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
     saved = {name: os.environ.get(name) for name in [*env, "FGCLIP_WORKSPACE", "FGCLIP_RUNTIME"]}
     os.environ.update(env)
     os.environ.pop("FGCLIP_WORKSPACE", None)
@@ -98,8 +102,11 @@ def test_trigger_forms_have_typed_validated_fields(dagbag) -> None:
 
 def test_data_build_fans_out_per_shard_group_and_emits_the_dataset_asset(dagbag) -> None:
     dag = dagbag.dags["fgclip_data_build"]
-    mapped = {task.task_id for task in dag.tasks if getattr(task, "is_mapped", False)
-              or type(task).__name__.startswith("Mapped")}
+    mapped = {
+        task.task_id
+        for task in dag.tasks
+        if getattr(task, "is_mapped", False) or type(task).__name__.startswith("Mapped")
+    }
     assert mapped == {"recaption", "detect", "negatives"}
     for task_id in mapped:
         assert dag.get_task(task_id).map_index_template, f"{task_id} mapped tasks are not labelled in the UI"

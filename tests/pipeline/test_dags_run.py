@@ -36,8 +36,12 @@ def _tiny_params() -> dict[str, Any]:
     params["demo"].update(train_shards=2, heldout_shards=1, samples_per_shard=8)
     # 20 items cannot bound the noise under 5% at 95% confidence: the gate is loosened here
     params["qc"].update(sample_size=20, gallery_items=4, max_noise_upper=0.2)
-    params["orchestration"] = {**params.get("orchestration", {}), "shard_group_size": 1, "dvc_remote_url": DVC_REMOTE,
-                               "retries": 0}
+    params["orchestration"] = {
+        **params.get("orchestration", {}),
+        "shard_group_size": 1,
+        "dvc_remote_url": DVC_REMOTE,
+        "retries": 0,
+    }
     train = params.setdefault("train", {})
     train.update(recipe="demo", workers=0, log_system_metrics=False)
     for stage in ("stage1", "stage2"):  # a handful of steps: 16 images in batches of 4
@@ -49,7 +53,9 @@ def _tiny_params() -> dict[str, Any]:
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=DAG_RUN_TIMEOUT_S)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+        )
     return result.stdout
 
 
@@ -73,7 +79,8 @@ def env(servers, workspace, tmp_path_factory) -> dict[str, str]:
     s3, tracking = servers
     home = tmp_path_factory.mktemp("airflow_home")
     variables = {
-        **tool_env(), **s3.env(),
+        **tool_env(),
+        **s3.env(),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -107,8 +107,9 @@ def test_the_local_runtime_runs_exactly_the_dvc_command(dvc_stages, project, mon
     from fgclip.orchestration import process
 
     ran: list[list[str]] = []
-    monkeypatch.setattr(process, "run_command",
-                        lambda argv, **kw: ran.append(list(argv)) or process.CommandResult(list(argv), 0, 0.0))
+    monkeypatch.setattr(
+        process, "run_command", lambda argv, **kw: ran.append(list(argv)) or process.CommandResult(list(argv), 0, 0.0)
+    )
     for stage in project.pipeline.stages:
         shards = ["00003", "00004"] if stage.fan_out else None
         result = process.run_stage_locally(project, stage, shards)
@@ -136,8 +137,9 @@ def test_the_trigger_forms_set_params_their_stages_track(dags, dvc_stages, proje
         titles = {dag.params.get_param(name).schema.get("title"): name for name in dag.params}
         for key in keys:
             assert key in titles, f"{dag_id}: form has no field for {key}"
-            assert any(stage.reads_param(key) for stage in stages), \
+            assert any(stage.reads_param(key) for stage in stages), (
                 f"{dag_id}: no stage of the DAG tracks {key}, so DVC would not see the form's value"
+            )
             value = params
             for part in key.split("."):
                 value = value[part]

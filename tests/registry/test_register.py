@@ -16,19 +16,25 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow  # noqa: E402
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from fgclip.config import Params
 from fgclip.core.config import TrackingConfig
-from fgclip.registry.config import RegisterConfig  # noqa: E402
 from fgclip.registry.cli import add_arguments, command
-from fgclip.registry.gate import DECISION_FIRST, DECISION_PROMOTED, DECISION_REJECTED, RegisterError, decide_promotion, load_eval_metrics
+from fgclip.registry.config import RegisterConfig  # noqa: E402
+from fgclip.registry.gate import (
+    DECISION_FIRST,
+    DECISION_PROMOTED,
+    DECISION_REJECTED,
+    RegisterError,
+    decide_promotion,
+    load_eval_metrics,
+)
 from fgclip.registry.registration import register_model
 
 GATE = {"fgovd_demo_top1": 0.0, "box_cls_top1": 0.0}
@@ -75,8 +81,9 @@ def test_challenger_must_report_every_gated_metric():
 
 def test_eval_metrics_are_flattened_numeric_and_at_free(tmp_path):
     path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"fgovd_demo_top1": 0.5, "retrieval": {"i2t_recall@1": 0.25, "n": 10},
-                                "model": "x", "ok": True}))
+    path.write_text(
+        json.dumps({"fgovd_demo_top1": 0.5, "retrieval": {"i2t_recall@1": 0.25, "n": 10}, "model": "x", "ok": True})
+    )
     assert load_eval_metrics(path) == {"fgovd_demo_top1": 0.5, "retrieval.i2t_recall_at_1": 0.25, "retrieval.n": 10.0}
     path.write_text("[1, 2]")
     with pytest.raises(RegisterError, match="JSON object"):
@@ -100,8 +107,9 @@ def _save_tokenizer(folder: Path) -> int:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
     )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos,
-                                        unk_token=unk)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=unk
+    )
     tokenizer.save_pretrained(folder)
     return vocab[eos]
 
@@ -115,11 +123,25 @@ def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-fgclip")
     eos = _save_tokenizer(folder)
     config = FGCLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-                         max_position_embeddings=16, vocab_size=3 + len(WORDS), eos_token_id=eos,
-                         pad_token_id=eos, bos_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-                           patch_size=8, image_size=16),
+        text_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            max_position_embeddings=16,
+            vocab_size=3 + len(WORDS),
+            eos_token_id=eos,
+            pad_token_id=eos,
+            bos_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            patch_size=8,
+            image_size=16,
+        ),
         projection_dim=8,
         long_text_max_position_embeddings=28,
         long_text_kept_positions=4,
@@ -153,8 +175,9 @@ def _metrics(folder: Path, name: str, **values: float) -> Path:
 
 
 def _register(model_dir: Path, metrics: Path, uri: str, name: str, **kwargs):
-    return register_model(model_dir, metrics, config=RegisterConfig(gate=GATE), tracking=TrackingConfig(uri=uri),
-                          name=name, **kwargs)
+    return register_model(
+        model_dir, metrics, config=RegisterConfig(gate=GATE), tracking=TrackingConfig(uri=uri), name=name, **kwargs
+    )
 
 
 def _cli(argv: list[str], uri: str) -> int:
@@ -170,8 +193,22 @@ def _cli(argv: list[str], uri: str) -> int:
 def test_first_registration_becomes_champion(model_dir, sqlite_uri, tmp_path):
     metrics = _metrics(tmp_path, "m", fgovd_demo_top1=0.4, box_cls_top1=0.3)
     decision_file = tmp_path / "reports" / "register.json"
-    assert _cli(["--model", str(model_dir), "--metrics", str(metrics), "--name", "first",
-                 "--decision-out", str(decision_file)], sqlite_uri) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                str(model_dir),
+                "--metrics",
+                str(metrics),
+                "--name",
+                "first",
+                "--decision-out",
+                str(decision_file),
+            ],
+            sqlite_uri,
+        )
+        == 0
+    )
 
     decision = json.loads(decision_file.read_text())
     assert decision["decision"] == DECISION_FIRST and decision["promoted"] is True
@@ -185,10 +222,13 @@ def test_first_registration_becomes_champion(model_dir, sqlite_uri, tmp_path):
 
 def test_better_challenger_is_promoted(model_dir, sqlite_uri, tmp_path):
     _register(model_dir, _metrics(tmp_path, "a", fgovd_demo_top1=0.4, box_cls_top1=0.3), sqlite_uri, "better")
-    result = _register(model_dir, _metrics(tmp_path, "b", fgovd_demo_top1=0.5, box_cls_top1=0.3), sqlite_uri,
-                       "better")
+    result = _register(model_dir, _metrics(tmp_path, "b", fgovd_demo_top1=0.5, box_cls_top1=0.3), sqlite_uri, "better")
     assert (result.version, result.decision, result.champion_before, result.champion_after) == (
-        "2", DECISION_PROMOTED, "1", "2")
+        "2",
+        DECISION_PROMOTED,
+        "1",
+        "2",
+    )
     client = MlflowClient(tracking_uri=sqlite_uri)
     assert str(client.get_model_version_by_alias("better", "champion").version) == "2"
     tags = client.get_model_version("better", "2").tags
@@ -197,8 +237,7 @@ def test_better_challenger_is_promoted(model_dir, sqlite_uri, tmp_path):
 
 def test_worse_challenger_stays_challenger_and_the_decision_is_logged(model_dir, sqlite_uri, tmp_path):
     _register(model_dir, _metrics(tmp_path, "a", fgovd_demo_top1=0.5, box_cls_top1=0.3), sqlite_uri, "worse")
-    result = _register(model_dir, _metrics(tmp_path, "b", fgovd_demo_top1=0.6, box_cls_top1=0.2), sqlite_uri,
-                       "worse")
+    result = _register(model_dir, _metrics(tmp_path, "b", fgovd_demo_top1=0.6, box_cls_top1=0.2), sqlite_uri, "worse")
     assert result.decision == DECISION_REJECTED and not result.promoted
     assert result.champion_after == "1" and "box_cls_top1" in result.reason
 
@@ -226,8 +265,7 @@ def test_champion_metrics_fall_back_to_its_run(model_dir, sqlite_uri, tmp_path):
     version = client.create_model_version("by-hand", source=str(model_dir), run_id=run.info.run_id).version
     client.set_registered_model_alias("by-hand", "champion", str(version))
 
-    result = _register(model_dir, _metrics(tmp_path, "m", fgovd_demo_top1=0.6, box_cls_top1=0.8), sqlite_uri,
-                       "by-hand")
+    result = _register(model_dir, _metrics(tmp_path, "m", fgovd_demo_top1=0.6, box_cls_top1=0.8), sqlite_uri, "by-hand")
     assert result.champion_metrics == {"fgovd_demo_top1": 0.7, "box_cls_top1": 0.7}
     assert result.decision == DECISION_REJECTED
 
@@ -236,8 +274,13 @@ def test_registration_can_join_an_existing_run(model_dir, sqlite_uri, tmp_path):
     mlflow.set_tracking_uri(sqlite_uri)
     with mlflow.start_run() as run:
         mlflow.set_tag("stage", "train-stage2")
-    result = _register(model_dir, _metrics(tmp_path, "m", fgovd_demo_top1=0.4, box_cls_top1=0.3), sqlite_uri,
-                       "joined", run_id=run.info.run_id)
+    result = _register(
+        model_dir,
+        _metrics(tmp_path, "m", fgovd_demo_top1=0.4, box_cls_top1=0.3),
+        sqlite_uri,
+        "joined",
+        run_id=run.info.run_id,
+    )
     assert result.run_id == run.info.run_id
     assert MlflowClient(tracking_uri=sqlite_uri).get_model_version("joined", "1").run_id == run.info.run_id
 
@@ -276,8 +319,9 @@ def test_logged_model_loads_back_and_embeds(model_dir, sqlite_uri, tmp_path):
     model = FGCLIPModel.from_pretrained(model_dir).eval()
     tokens = AutoTokenizer.from_pretrained(model_dir)(["a red circle"], return_tensors="pt")
     with torch.no_grad():
-        direct = torch.nn.functional.normalize(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]),
-                                               dim=-1)
+        direct = torch.nn.functional.normalize(
+            model.get_text_features(tokens["input_ids"], tokens["attention_mask"]), dim=-1
+        )
     np.testing.assert_allclose(embeddings[0], direct[0].numpy(), atol=1e-5)
 
     # Images go through the eval adapter, so they embed exactly as eval scored them.
@@ -310,9 +354,25 @@ def _mlflow_server_process(tmp_path_factory):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")],
-        env=env, stdout=subprocess.DEVNULL, stderr=(folder / "server.log").open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/server.db",
+            "--artifacts-destination",
+            str(folder / "art"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "server.log").open("wb"),
         start_new_session=True,  # its own process group: the server and its workers stop together
     )
     yield server, f"http://127.0.0.1:{port}", folder / "server.log"
@@ -349,8 +409,22 @@ def test_registry_on_a_live_mlflow_server(model_dir, mlflow_server, tmp_path, mo
     decision_file = tmp_path / "register.json"
     for name, values in (("a", (0.5, 0.5)), ("b", (0.6, 0.6)), ("c", (0.4, 0.9))):
         metrics = _metrics(tmp_path, name, fgovd_demo_top1=values[0], box_cls_top1=values[1])
-        assert _cli(["--model", str(model_dir), "--metrics", str(metrics), "--name", "remote",
-                     "--decision-out", str(decision_file)], unused) == 0
+        assert (
+            _cli(
+                [
+                    "--model",
+                    str(model_dir),
+                    "--metrics",
+                    str(metrics),
+                    "--name",
+                    "remote",
+                    "--decision-out",
+                    str(decision_file),
+                ],
+                unused,
+            )
+            == 0
+        )
     assert not (tmp_path / "unused.db").exists()
 
     client = MlflowClient(tracking_uri=mlflow_server)

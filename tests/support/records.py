@@ -12,7 +12,9 @@ from fgclip.core.stage import ShardResult, ShardStage, run_stage
 class RecordsStage(ShardStage):
     """A stage that writes the given records (e.g. regions records, as detect does)."""
 
-    def __init__(self, records: list[dict[str, Any]], name: str = "detect", record_kind: str = "regions_record") -> None:
+    def __init__(
+        self, records: list[dict[str, Any]], name: str = "detect", record_kind: str = "regions_record"
+    ) -> None:
         self.records = records
         self.name = name
         self.record_kind = record_kind

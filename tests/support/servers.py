@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
 S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
 START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "transformers": 180.0, "http": 30.0}
 STOP_TIMEOUT_S = 15.0
@@ -83,16 +82,26 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables boto3, DVC and MLflow read."""
-        return {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_ENDPOINT_URL": self.endpoint,
-                "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
 
     def bucket(self, name: str) -> str:
         """Create bucket `name` through the S3 API (rclone caches its folder listing, so a
         folder made behind its back shows up only minutes later)."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
-                              aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+        )
         if not (self.root / name).is_dir():
             client.create_bucket(Bucket=name)
         return name
@@ -105,9 +114,22 @@ def s3_server(root: Path) -> Iterator[S3Server]:
     log = root.parent / f"rclone-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [program("rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}",
-             "--config", str(root.parent / "rclone.conf"), str(root)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                program("rclone"),
+                "serve",
+                "s3",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--auth-key",
+                f"{S3_KEY},{S3_SECRET}",
+                "--config",
+                str(root.parent / "rclone.conf"),
+                str(root),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         _wait_http(endpoint + "/", process, log, START_TIMEOUT_S["rclone"], ok=None)  # 400 unsigned
@@ -126,10 +148,27 @@ def mlflow_server(workdir: Path, artifacts: str, env: dict[str, str]) -> Iterato
     server_env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", artifacts],
-            cwd=workdir, env=server_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                program("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{workdir / 'mlflow.db'}",
+                "--artifacts-destination",
+                artifacts,
+            ],
+            cwd=workdir,
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/health", process, log, START_TIMEOUT_S["mlflow"], ok={200})
@@ -155,6 +194,7 @@ def _stop_group(process: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- LLM endpoints
 
+
 @dataclass
 class ManagedServer:
     """A server subprocess on a fixed port that a test may stop and start again."""
@@ -172,7 +212,9 @@ class ManagedServer:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         _wait_http(self.url + self.ready_path, self.process, self.log, self.timeout_s, ok={200})
 
     def kill(self) -> None:
@@ -185,7 +227,7 @@ class ManagedServer:
         if self.process is not None:
             _stop(self.process)
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> ManagedServer:
         self.start()
         return self
 
@@ -199,9 +241,28 @@ def llama_cpp_server(gguf: Path, workdir: Path, *, threads: int = 2, context: in
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     return ManagedServer(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", str(threads), "--n_ctx", str(context), "--verbose", "false"],
-        port, workdir / f"llama-cpp-{port}.log", "/v1/models", START_TIMEOUT_S["llama_cpp"])
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_threads",
+            str(threads),
+            "--n_ctx",
+            str(context),
+            "--verbose",
+            "false",
+        ],
+        port,
+        workdir / f"llama-cpp-{port}.log",
+        "/v1/models",
+        START_TIMEOUT_S["llama_cpp"],
+    )
 
 
 def transformers_server(model: Path, workdir: Path) -> ManagedServer:
@@ -209,8 +270,13 @@ def transformers_server(model: Path, workdir: Path) -> ManagedServer:
     models) with `model` (a local folder) preloaded; it answers to the folder's path."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return ManagedServer([program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
-                         port, workdir / f"transformers-{port}.log", "/health", START_TIMEOUT_S["transformers"])
+    return ManagedServer(
+        [program("transformers"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
+        port,
+        workdir / f"transformers-{port}.log",
+        "/health",
+        START_TIMEOUT_S["transformers"],
+    )
 
 
 def static_web_server(root: Path) -> ManagedServer:
@@ -218,18 +284,27 @@ def static_web_server(root: Path) -> ManagedServer:
     HTML error page, as a misconfigured base_url pointing at some other server would."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return ManagedServer([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-                         port, root.parent / f"http-{port}.log", "/", START_TIMEOUT_S["http"])
+    return ManagedServer(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        port,
+        root.parent / f"http-{port}.log",
+        "/",
+        START_TIMEOUT_S["http"],
+    )
 
 
 class _DelayingHandler(http.server.BaseHTTPRequestHandler):
-    proxy: "DelayingProxy"
+    proxy: DelayingProxy
 
     def do_POST(self) -> None:  # noqa: N802 (the http.server API)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         time.sleep(self.proxy.next_delay())
-        request = urllib.request.Request(self.proxy.upstream + self.path, data=body, method="POST",
-                                         headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+        request = urllib.request.Request(
+            self.proxy.upstream + self.path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+        )
         try:
             with urllib.request.urlopen(request, timeout=300) as answer:
                 status, payload = answer.status, answer.read()
@@ -267,7 +342,7 @@ class DelayingProxy:
             self.requests += 1
             return self.delays.pop(0) if self.delays else self.then
 
-    def __enter__(self) -> "DelayingProxy":
+    def __enter__(self) -> DelayingProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

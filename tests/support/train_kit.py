@@ -22,10 +22,19 @@ SHAPES = ("square", "bar", "block")
 WIDTH, HEIGHT = 64, 48
 
 TINY_MODEL = {
-    "tokenizer_vocab_size": 400, "tokenizer_min_frequency": 1,
-    "text_hidden_size": 32, "text_layers": 1, "text_heads": 2, "text_intermediate_size": 64,
-    "vision_hidden_size": 32, "vision_layers": 2, "vision_heads": 2, "vision_intermediate_size": 64,
-    "image_size": 32, "patch_size": 16, "projection_dim": 16,
+    "tokenizer_vocab_size": 400,
+    "tokenizer_min_frequency": 1,
+    "text_hidden_size": 32,
+    "text_layers": 1,
+    "text_heads": 2,
+    "text_intermediate_size": 64,
+    "vision_hidden_size": 32,
+    "vision_layers": 2,
+    "vision_heads": 2,
+    "vision_intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 16,
+    "projection_dim": 16,
 }
 
 
@@ -50,8 +59,14 @@ def _scene(rng: random.Random) -> tuple[bytes, list[dict[str, Any]]]:
     return buffer.getvalue(), objects
 
 
-def write_dataset(root: Path, shards: int = 4, per_shard: int = 12, seed: int = 0,
-                  missing: dict[str, set[str]] | None = None, negatives_per_box: int = 3) -> dict[str, Path]:
+def write_dataset(
+    root: Path,
+    shards: int = 4,
+    per_shard: int = 12,
+    seed: int = 0,
+    missing: dict[str, set[str]] | None = None,
+    negatives_per_box: int = 3,
+) -> dict[str, Path]:
     """Image shards + captions/regions/negatives under `root`; `missing` = {kind: keys left out}."""
     missing = missing or {}
     dirs = {name: root / name for name in ("images", "captions", "regions", "negatives")}
@@ -64,14 +79,44 @@ def write_dataset(root: Path, shards: int = 4, per_shard: int = 12, seed: int = 
             jpeg, objects = _scene(rng)
             words = [f"{o['colour']} {o['shape']}" for o in objects]
             samples.append(ShardSample(key, jpeg, " and ".join(words), {"width": WIDTH, "height": HEIGHT}))
-            captions.append({"key": key, "long_caption": "a white picture showing " + ", then ".join(
-                f"a {w} on the {'left' if o['bbox'][0] < 0.3 else 'right'}" for w, o in zip(words, objects))})
-            regions.append({"key": key, "width": WIDTH, "height": HEIGHT, "regions": [
-                {"bbox": o["bbox"], "score": 0.9, "short_expr": f"a {w}", "long_expr": f"a {w} on a white ground"}
-                for w, o in zip(words, objects)]})
-            negatives.append({"key": key, "regions": [
-                {"short_expr_negs": [f"a {c} {o['shape']}" for c in sorted(COLOURS) if c != o["colour"]][:negatives_per_box]}
-                for o in objects]})
+            captions.append(
+                {
+                    "key": key,
+                    "long_caption": "a white picture showing "
+                    + ", then ".join(
+                        f"a {w} on the {'left' if o['bbox'][0] < 0.3 else 'right'}" for w, o in zip(words, objects)
+                    ),
+                }
+            )
+            regions.append(
+                {
+                    "key": key,
+                    "width": WIDTH,
+                    "height": HEIGHT,
+                    "regions": [
+                        {
+                            "bbox": o["bbox"],
+                            "score": 0.9,
+                            "short_expr": f"a {w}",
+                            "long_expr": f"a {w} on a white ground",
+                        }
+                        for w, o in zip(words, objects)
+                    ],
+                }
+            )
+            negatives.append(
+                {
+                    "key": key,
+                    "regions": [
+                        {
+                            "short_expr_negs": [f"a {c} {o['shape']}" for c in sorted(COLOURS) if c != o["colour"]][
+                                :negatives_per_box
+                            ]
+                        }
+                        for o in objects
+                    ],
+                }
+            )
         write_image_shard(dirs["images"], name, samples)
         for kind, records in (("captions", captions), ("regions", regions), ("negatives", negatives)):
             kept = [r for r in records if r["key"] not in missing.get(kind, set())]
@@ -84,8 +129,16 @@ def tiny_params(tmp: Path, **train: Any) -> Params:
     data = {
         "model": {"demo": TINY_MODEL},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "enabled": True},
-        "train": {"precision": "fp32", "workers": 0, "shuffle_buffer": 8, "log_every": 1,
-                  "checkpoint_every": 2, "log_system_metrics": False, "recipe": "demo", **train},
+        "train": {
+            "precision": "fp32",
+            "workers": 0,
+            "shuffle_buffer": 8,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "log_system_metrics": False,
+            "recipe": "demo",
+            **train,
+        },
     }
     return Params.model_validate(data)
 
@@ -108,8 +161,9 @@ def slice_batch(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     return out
 
 
-def one_step_on_global_batch(rank: int, world_size: int, port: int, model_dir: str, batch_path: str,
-                             out_path: str, params_json: str) -> None:
+def one_step_on_global_batch(
+    rank: int, world_size: int, port: int, model_dir: str, batch_path: str, out_path: str, params_json: str
+) -> None:
     """mp.spawn target: one stage-1 optimisation step on this rank's rows of a global batch.
 
     Rank 0 saves the rank-mean loss and the updated weights.
@@ -119,8 +173,9 @@ def one_step_on_global_batch(rank: int, world_size: int, port: int, model_dir: s
     import torch
     import torch.distributed as dist
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from fgclip.model import FGCLIPModel
     from fgclip.train.distributed import setup_distributed, teardown_distributed
@@ -130,8 +185,13 @@ def one_step_on_global_batch(rank: int, world_size: int, port: int, model_dir: s
     recipe = params.train.recipe_for(1)
     context = setup_distributed(60, extensions_dir=params.train.torch_extensions_dir, cpu_shm_comm=False)
     try:
-        engine = build_engine(FGCLIPModel.from_pretrained(model_dir, dtype=torch.float32), recipe, params.train,
-                              world_size, total_steps=10)
+        engine = build_engine(
+            FGCLIPModel.from_pretrained(model_dir, dtype=torch.float32),
+            recipe,
+            params.train,
+            world_size,
+            total_steps=10,
+        )
         batch = torch.load(batch_path, weights_only=False)
         rows = len(batch["keys"]) // world_size
         local = slice_batch(batch, rank * rows, (rank + 1) * rows)

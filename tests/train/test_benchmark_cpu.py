@@ -33,8 +33,27 @@ def benchmark():
 def test_tiny_benchmark_runs_on_cpu_and_prints_json_lines(benchmark, capsys):
     # One thread: on a shared 2-core machine two threads contend and a step takes seconds.
     # Short long-captions keep it quick; everything else is the default shape.
-    assert benchmark.main(["--size", "tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
-                           "--long-len", "20,40", "--threads", "1"]) == 0
+    assert (
+        benchmark.main(
+            [
+                "--size",
+                "tiny",
+                "--device",
+                "cpu",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--long-len",
+                "20,40",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     by_variant = {line["variant"]: line for line in lines}
@@ -55,19 +74,30 @@ def test_tiny_benchmark_runs_on_cpu_and_prints_json_lines(benchmark, capsys):
 
 def test_anchor_result_is_cross_checked_in_the_ratio_line(benchmark, tmp_path):
     stub = tmp_path / "anchor.py"  # stands in for the shared anchor's run() interface
-    stub.write_text("def run(variant, batch, steps):\n"
-                    "    return dict(variant=variant, batch=batch, step_ms=80.0, img_per_s=50.0, peak_mem_gib=2.0)\n")
+    stub.write_text(
+        "def run(variant, batch, steps):\n"
+        "    return dict(variant=variant, batch=batch, step_ms=80.0, img_per_s=50.0, peak_mem_gib=2.0)\n"
+    )
     args = benchmark.build_parser().parse_args(["--batch", "4", "--steps", "2"])
     anchor = benchmark.run_anchor(str(stub), args)
     assert (anchor["variant"], anchor["images_per_s"], anchor["peak_mem_gib"]) == ("anchor-ref", 50.0, 2.0)
 
-    line = benchmark.ratio_line({"reference": {"images_per_s": 40.0, "peak_mem_gib": 8.0},
-                                 "ours": {"images_per_s": 100.0, "peak_mem_gib": 4.0}, "anchor-ref": anchor})
+    line = benchmark.ratio_line(
+        {
+            "reference": {"images_per_s": 40.0, "peak_mem_gib": 8.0},
+            "ours": {"images_per_s": 100.0, "peak_mem_gib": 4.0},
+            "anchor-ref": anchor,
+        }
+    )
     assert line["images_per_s"] == 2.5 and line["peak_mem"] == 0.5
     assert line["reference_vs_anchor_images_per_s"] == 0.8
 
 
 def test_a_failed_variant_leaves_the_ratio_empty(benchmark):
-    line = benchmark.ratio_line({"reference": {"variant": "reference", "error": "out of memory"},
-                                 "ours": {"images_per_s": 100.0, "peak_mem_gib": 4.0}})
+    line = benchmark.ratio_line(
+        {
+            "reference": {"variant": "reference", "error": "out of memory"},
+            "ours": {"images_per_s": 100.0, "peak_mem_gib": 4.0},
+        }
+    )
     assert line["images_per_s"] is None and line["peak_mem"] is None

@@ -9,12 +9,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from tests.support.train_kit import build_tiny_model, sample_key, tiny_params, write_dataset
 from PIL import Image
 
 from fgclip.train.data import DataPosition, list_shard_urls, make_loader, plan_epoch, real_batches
 from fgclip.train.examples import AnnotationDirs, StreamSettings
 from fgclip.train.images import ImageTransform
+from tests.support.train_kit import build_tiny_model, sample_key, tiny_params, write_dataset
 
 MISSING = {"captions": {sample_key(0, 1), sample_key(2, 5)}, "regions": {sample_key(1, 2)}}
 
@@ -33,24 +33,37 @@ def settings_for(world, stage: int = 2, **changes) -> StreamSettings:
     train = params.train
     settings = StreamSettings(
         model_dir=str(model_dir),
-        dirs=AnnotationDirs(str(dirs["captions"]), str(dirs["regions"]) if stage == 2 else None,
-                            str(dirs["negatives"]) if stage == 2 else None),
-        stage=stage, seed=3, batch_size=4, max_boxes=2, max_negatives=5, short_prefix=train.short_prefix,
-        short_text_length=train.short_text_length, long_text_length=train.long_text_length,
-        min_box_visible_fraction=train.min_box_visible_fraction, long_expression_rate=0.5,
-        shuffle_buffer=8, log_skipped_samples=10,
+        dirs=AnnotationDirs(
+            str(dirs["captions"]),
+            str(dirs["regions"]) if stage == 2 else None,
+            str(dirs["negatives"]) if stage == 2 else None,
+        ),
+        stage=stage,
+        seed=3,
+        batch_size=4,
+        max_boxes=2,
+        max_negatives=5,
+        short_prefix=train.short_prefix,
+        short_text_length=train.short_text_length,
+        long_text_length=train.long_text_length,
+        min_box_visible_fraction=train.min_box_visible_fraction,
+        long_expression_rate=0.5,
+        shuffle_buffer=8,
+        log_skipped_samples=10,
     )
     return dataclasses.replace(settings, **changes)
 
 
 def epoch_batches(world, settings, workers=0, epoch=0, position=None, world_size=1):
     urls = list_shard_urls(world[0]["images"])
-    plan = plan_epoch(urls, world_size=world_size, workers=workers, batch_size=settings.batch_size,
-                      samples_per_epoch=None)
+    plan = plan_epoch(
+        urls, world_size=world_size, workers=workers, batch_size=settings.batch_size, samples_per_epoch=None
+    )
     return plan, list(real_batches(make_loader(settings, plan, position or DataPosition(epoch))))
 
 
 # ------------------------------------------------------------------ tokenizer / model
+
 
 def test_demo_tokenizer_files_load_in_transformers_clip_tokenizer(world, tmp_path):
     from transformers import CLIPTokenizer
@@ -96,19 +109,24 @@ def test_init_model_converts_a_real_clip_base_once(world, tmp_path, clip_factory
     clip = clip_factory(seed=5, vocab_size=len(json.loads((model_dir / "vocab.json").read_text())))
     clip.save_pretrained(clip_dir)
     CLIPTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(clip_dir))
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(clip_dir))
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        str(clip_dir)
+    )
 
     first = FGCLIPModel.from_pretrained(init_model(str(clip_dir), tmp_path / "a", params))
     second = FGCLIPModel.from_pretrained(init_model(str(tmp_path / "a"), tmp_path / "b", params))
     table = first.text_model.embeddings.position_embedding_res.weight
     assert table.shape[0] == 248
-    assert torch.equal(first.text_model.embeddings.position_embedding.weight, clip.text_model.embeddings.position_embedding.weight)
+    assert torch.equal(
+        first.text_model.embeddings.position_embedding.weight, clip.text_model.embeddings.position_embedding.weight
+    )
     for name, tensor in first.state_dict().items():  # converting a converted model changes nothing
         assert torch.equal(tensor, second.state_dict()[name]), name
     assert (tmp_path / "b" / "preprocessor_config.json").is_file()
 
 
 # ------------------------------------------------------------------------- images
+
 
 def test_image_transform_matches_clip_image_processor_and_moves_boxes(tmp_path):
     from transformers import CLIPImageProcessorPil
@@ -130,6 +148,7 @@ def test_image_transform_matches_clip_image_processor_and_moves_boxes(tmp_path):
 
 
 # ------------------------------------------------------------------------- batches
+
 
 def test_stage2_batches_are_padded_masked_and_trimmed(world):
     settings = settings_for(world)
@@ -198,6 +217,7 @@ def test_samples_without_annotations_are_counted_and_skipped(world, caplog):
 
 
 # ------------------------------------------------------- splitting, epochs, resuming
+
 
 def test_ranks_and_workers_get_disjoint_samples_and_fixed_epochs(world, monkeypatch):
     settings = settings_for(world, stage=1)

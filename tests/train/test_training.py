@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fgclip.train.data import DataPosition, list_shard_urls, make_loader, plan_epoch, real_batches
-from fgclip.train.examples import AnnotationDirs
 from fgclip.train.checkpoints import checkpoint_tags
+from fgclip.train.data import DataPosition, list_shard_urls, make_loader, plan_epoch, real_batches
 from fgclip.train.engine import deepspeed_config, warmup_cosine
+from fgclip.train.examples import AnnotationDirs
 from fgclip.train.job import TrainingError, TrainJob
 from fgclip.train.loop import run_training
 from tests.support.train_kit import build_tiny_model, one_step_on_global_batch, tiny_params, write_dataset
@@ -43,10 +43,14 @@ def with_recipe(params, stage: int, **changes):
 
 def job_for(world, out, stage: int = 2, **changes) -> TrainJob:
     _, dirs, model_dir, _ = world
-    annotations = AnnotationDirs(str(dirs["captions"]), str(dirs["regions"]) if stage == 2 else None,
-                                 str(dirs["negatives"]) if stage == 2 else None)
-    return TrainJob(stage=stage, init=str(model_dir), images=str(dirs["images"]), annotations=annotations,
-                    out=str(out), **changes)
+    annotations = AnnotationDirs(
+        str(dirs["captions"]),
+        str(dirs["regions"]) if stage == 2 else None,
+        str(dirs["negatives"]) if stage == 2 else None,
+    )
+    return TrainJob(
+        stage=stage, init=str(model_dir), images=str(dirs["images"]), annotations=annotations, out=str(out), **changes
+    )
 
 
 def no_tracking(params):
@@ -54,6 +58,7 @@ def no_tracking(params):
 
 
 # ------------------------------------------------------------------------ pure parts
+
 
 def test_warmup_then_cosine_schedule():
     factor = warmup_cosine(warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
@@ -74,12 +79,21 @@ def test_deepspeed_config_follows_the_recipe(world):
     assert config["gradient_clipping"] == recipe.grad_clip
     assert deepspeed_config(recipe, params.train, 1)["bf16"] == {"enabled": False}  # fp32 flag
     paper = params.train.model_copy(update={"recipe": "paper"})
-    assert (paper.recipe_for(1).lr, paper.recipe_for(1).warmup_steps, paper.recipe_for(1).betas) == (1e-4, 200, (0.9, 0.98))
-    assert (paper.recipe_for(2).lr, paper.recipe_for(2).weight_decay, paper.recipe_for(2).warmup_steps) == (1e-6, 0.001, 50)
+    assert (paper.recipe_for(1).lr, paper.recipe_for(1).warmup_steps, paper.recipe_for(1).betas) == (
+        1e-4,
+        200,
+        (0.9, 0.98),
+    )
+    assert (paper.recipe_for(2).lr, paper.recipe_for(2).weight_decay, paper.recipe_for(2).warmup_steps) == (
+        1e-6,
+        0.001,
+        50,
+    )
     assert (paper.stage2.regional_weight, paper.stage2.hard_weight) == (0.1, 0.5)
 
 
 # ---------------------------------------------------------------------- training runs
+
 
 def test_stage2_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_path, monkeypatch):
     import mlflow
@@ -100,8 +114,12 @@ def test_stage2_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_p
     parts = result.losses[result.step]
     assert {"loss_global", "loss_regional", "loss_hard_negative"} <= set(parts)
     recipe = params.train.recipe_for(2)
-    assert parts["loss"] == pytest.approx(parts["loss_global"] + recipe.regional_weight * parts["loss_regional"]
-                                          + recipe.hard_weight * parts["loss_hard_negative"], rel=1e-5)
+    assert parts["loss"] == pytest.approx(
+        parts["loss_global"]
+        + recipe.regional_weight * parts["loss_regional"]
+        + recipe.hard_weight * parts["loss_hard_negative"],
+        rel=1e-5,
+    )
 
     model, info = FGCLIPModel.from_pretrained(result.final_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -117,8 +135,14 @@ def test_stage2_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_p
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, result.step + 1))
     assert [m.value for m in history] == pytest.approx(losses)
-    for name in ("lr", "temperature_global", "temperature_regional", "temperature_hard_negative",
-                 "images_per_s", "loss_hard_negative"):
+    for name in (
+        "lr",
+        "temperature_global",
+        "temperature_regional",
+        "temperature_hard_negative",
+        "images_per_s",
+        "loss_hard_negative",
+    ):
         assert name in run.data.metrics, name
     assert run.data.params["stage"] == "2"
     inputs = {dataset.dataset.name for dataset in run.inputs.dataset_inputs}
@@ -128,9 +152,16 @@ def test_stage2_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_p
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_killed_run_resumes_exactly(world, tmp_path, precision):
     root, _, _, params = world
-    params = no_tracking(with_recipe(params, 2, batch_size=8, epochs=2, warmup_steps=2,
-                                     train={"workers": 2, "checkpoint_every": 4, "keep_checkpoints": 2,
-                                            "precision": precision}))
+    params = no_tracking(
+        with_recipe(
+            params,
+            2,
+            batch_size=8,
+            epochs=2,
+            warmup_steps=2,
+            train={"workers": 2, "checkpoint_every": 4, "keep_checkpoints": 2, "precision": precision},
+        )
+    )
     full = run_training(job_for(world, tmp_path / "full"), params, progress=False)
     assert full.finished and full.total_steps == 12
 
@@ -157,8 +188,9 @@ def test_killed_run_resumes_exactly(world, tmp_path, precision):
     if precision == "fp32":  # resuming under another stage is refused (independent of precision)
         stage1 = with_recipe(params, 1, batch_size=8)
         with pytest.raises(TrainingError, match="stage 2 run, not stage 1"):
-            run_training(dataclasses.replace(job_for(world, tmp_path / "part", stage=1), resume=True), stage1,
-                         progress=False)
+            run_training(
+                dataclasses.replace(job_for(world, tmp_path / "part", stage=1), resume=True), stage1, progress=False
+            )
 
 
 def test_cli_trains_stage1_stops_and_resumes(world, tmp_path, clip_factory, capsys):
@@ -169,15 +201,47 @@ def test_cli_trains_stage1_stops_and_resumes(world, tmp_path, clip_factory, caps
     params = no_tracking(with_recipe(params, 1, batch_size=8, epochs=1))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
-    common = ["--params", str(params_file), "--no-progress", "train", "--stage", "1", "--init", str(model_dir),
-              "--images", str(dirs["images"]), "--captions", str(dirs["captions"]), "--out", str(tmp_path / "s1")]
+    common = [
+        "--params",
+        str(params_file),
+        "--no-progress",
+        "train",
+        "--stage",
+        "1",
+        "--init",
+        str(model_dir),
+        "--images",
+        str(dirs["images"]),
+        "--captions",
+        str(dirs["captions"]),
+        "--out",
+        str(tmp_path / "s1"),
+    ]
     assert main([*common, "--stop-after-steps", "2"]) == 0
     assert not (tmp_path / "s1" / "config.json").exists()
     assert main([*common, "--resume"]) == 0
     model = FGCLIPModel.from_pretrained(tmp_path / "s1")
     assert model.config.fgclip_training_stage == 1
-    assert main(["--params", str(params_file), "train", "--stage", "2", "--init", str(model_dir), "--images",
-                 str(dirs["images"]), "--captions", str(dirs["captions"]), "--out", str(tmp_path / "s2")]) == 2
+    assert (
+        main(
+            [
+                "--params",
+                str(params_file),
+                "train",
+                "--stage",
+                "2",
+                "--init",
+                str(model_dir),
+                "--images",
+                str(dirs["images"]),
+                "--captions",
+                str(dirs["captions"]),
+                "--out",
+                str(tmp_path / "s2"),
+            ]
+        )
+        == 2
+    )
     clip_factory().save_pretrained(tmp_path / "plain-clip")  # not converted: refused with a hint
     common[common.index("--init") + 1] = str(tmp_path / "plain-clip")
     assert main([*common[:-1], str(tmp_path / "s3")]) == 2
@@ -207,15 +271,30 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(world, tmp_pa
     for world_size in (1, 2):
         out = tmp_path / f"world{world_size}.pt"
         one_proc_params = with_recipe(params, 1, batch_size=8 // world_size)
-        mp.spawn(one_step_on_global_batch, nprocs=world_size, join=True,
-                 args=(world_size, _free_port(), str(model_dir), str(tmp_path / "batch.pt"), str(out),
-                       one_proc_params.model_dump_json()))
+        mp.spawn(
+            one_step_on_global_batch,
+            nprocs=world_size,
+            join=True,
+            args=(
+                world_size,
+                _free_port(),
+                str(model_dir),
+                str(tmp_path / "batch.pt"),
+                str(out),
+                one_proc_params.model_dump_json(),
+            ),
+        )
         results[world_size] = torch.load(out, weights_only=False)
     single, double = results[1], results[2]
     assert math.isfinite(single["loss"])
     assert double["loss"] == pytest.approx(single["loss"], abs=1e-5)
-    initial = {k: v for k, v in __import__("fgclip.model", fromlist=["FGCLIPModel"]).FGCLIPModel
-               .from_pretrained(model_dir).state_dict().items()}
+    initial = {
+        k: v
+        for k, v in __import__("fgclip.model", fromlist=["FGCLIPModel"])
+        .FGCLIPModel.from_pretrained(model_dir)
+        .state_dict()
+        .items()
+    }
     changed = 0
     for name, tensor in single["state"].items():
         torch.testing.assert_close(double["state"][name], tensor, atol=2e-6, rtol=1e-5, msg=name)

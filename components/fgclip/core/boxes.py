@@ -33,8 +33,11 @@ def as_box(values: Sequence[float]) -> Box:
 
 def is_box(values: Any) -> bool:
     """Whether untrusted data is 4 finite real numbers (bools, strings and NaN are not)."""
-    return (isinstance(values, (list, tuple)) and len(values) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+    return (
+        isinstance(values, (list, tuple))
+        and len(values) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
 
 
 def is_finite(box: Sequence[float]) -> bool:
@@ -56,8 +59,7 @@ def area(box: Sequence[float]) -> float:
 def clip(box: Sequence[float], width: float, height: float) -> Box:
     """The part of a pixel box inside the image (may come out degenerate)."""
     x1, y1, x2, y2 = as_box(box)
-    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
-            min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
 def to_normalised(box: Sequence[float], width: float, height: float) -> Box:
@@ -76,8 +78,9 @@ def to_pixels(box: Sequence[float], width: float, height: float) -> Box:
     return x1 * width, y1 * height, x2 * width, y2 * height
 
 
-def box_problem(box: Sequence[float], width: float, height: float, *,
-                min_side_px: float, min_area_fraction: float) -> tuple[str | None, Box]:
+def box_problem(
+    box: Sequence[float], width: float, height: float, *, min_side_px: float, min_area_fraction: float
+) -> tuple[str | None, Box]:
     """Clip a pixel box to the image and check it is usable.
 
     Returns `(reason, clipped)`: reason is None for a usable box, else DEGENERATE (no

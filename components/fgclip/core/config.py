@@ -51,12 +51,21 @@ class S3Config(Section):
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (from a Kubernetes Secret on a cluster), and
     the standard AWS variables below override these defaults at run time."""
 
-    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; None: AWS (env AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL wins)")
+    endpoint_url: str | None = Field(
+        None, description="e.g. http://minio:9000; None: AWS (env AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL wins)"
+    )
     region: str = Field("us-east-1", description="env AWS_REGION / AWS_DEFAULT_REGION wins")
-    addressing_style: Literal["path", "virtual", "auto"] = Field("path", description="path-style URLs work with every S3-compatible server")
-    max_attempts: int = Field(5, ge=1, description="attempts per request, the first included (env AWS_MAX_ATTEMPTS wins)")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        "path", description="path-style URLs work with every S3-compatible server"
+    )
+    max_attempts: int = Field(
+        5, ge=1, description="attempts per request, the first included (env AWS_MAX_ATTEMPTS wins)"
+    )
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
-        "standard", description="botocore retries: exponential backoff with jitter on throttling, 5xx and connection errors (env AWS_RETRY_MODE wins)")
+        "standard",
+        description="botocore retries: exponential backoff with jitter on throttling, 5xx and connection errors "
+        "(env AWS_RETRY_MODE wins)",
+    )
     connect_timeout_s: float = Field(10.0, gt=0.0)
     read_timeout_s: float = Field(60.0, gt=0.0)
     multipart_threshold_mb: int = Field(64, ge=5, description="file copies above this size go up in parts")

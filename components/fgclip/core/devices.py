@@ -19,7 +19,7 @@ def resolve_device(name: str) -> Any:
     try:
         import torch_npu  # noqa: F401
 
-        if torch.npu.is_available():
+        if torch.npu.is_available():  # type: ignore[attr-defined]  # torch_npu adds torch.npu
             return torch.device("npu")
     except ImportError:
         pass

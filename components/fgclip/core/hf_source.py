@@ -56,8 +56,11 @@ def model_identity(source: HFModelSource) -> dict[str, Any]:
 
 def load_kwargs(source: HFModelSource) -> dict[str, Any]:
     """Keyword arguments every `from_pretrained` call of a backend shares."""
-    return {"revision": source.revision, "local_files_only": source.local_files_only,
-            "trust_remote_code": source.trust_remote_code}
+    return {
+        "revision": source.revision,
+        "local_files_only": source.local_files_only,
+        "trust_remote_code": source.trust_remote_code,
+    }
 
 
 def load_or_explain(loader: Any, source: HFModelSource, what: str, **extra: Any) -> Any:
@@ -66,5 +69,7 @@ def load_or_explain(loader: Any, source: HFModelSource, what: str, **extra: Any)
         return loader.from_pretrained(source.model, **load_kwargs(source), **extra)
     except (OSError, ValueError, KeyError) as error:
         # OSError: missing folder or hub id; ValueError/KeyError: an architecture this loader does not know
-        raise ModelLoadError(f"cannot load the {what} {source.model!r} with {getattr(loader, '__name__', loader)}: "
-                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        raise ModelLoadError(
+            f"cannot load the {what} {source.model!r} with {getattr(loader, '__name__', loader)}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error

@@ -42,6 +42,7 @@ LAYOUT_KEY = "finehard"  # the meta entry of an image shard sample that holds it
 
 # ---------------------------------------------------------------- layout (both directions)
 
+
 def split_layout(item: Mapping[str, Any], standard: tuple[str, ...]) -> dict[str, Any]:
     """The layout of a FineHARD object: its unknown fields, and its key order when that is
     not the standard fields followed by the unknown ones (so absent fields are recorded)."""
@@ -65,6 +66,7 @@ def apply_layout(values: dict[str, Any], layout: Mapping[str, Any] | None) -> di
 
 # ---------------------------------------------------------------- one record
 
+
 def finehard_region(region: Mapping[str, Any], negatives: Mapping[str, Any] | None) -> dict[str, Any]:
     """One `bbox_info` entry from a regions-record region and its negatives (or None)."""
     extra = region.get("extra") or {}
@@ -83,8 +85,13 @@ def finehard_region(region: Mapping[str, Any], negatives: Mapping[str, Any] | No
     return apply_layout(values, extra)
 
 
-def finehard_record(sample: RawSample, shard: str, caption: Mapping[str, Any],
-                    regions: Mapping[str, Any] | None, negatives: Mapping[str, Any] | None) -> dict[str, Any]:
+def finehard_record(
+    sample: RawSample,
+    shard: str,
+    caption: Mapping[str, Any],
+    regions: Mapping[str, Any] | None,
+    negatives: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     """The FineHARD record of one sample. `negatives` must be aligned with `regions`."""
     layout = sample.meta.get(LAYOUT_KEY) or {}
     region_list = regions["regions"] if regions else []
@@ -101,6 +108,7 @@ def finehard_record(sample: RawSample, shard: str, caption: Mapping[str, Any],
 
 # ---------------------------------------------------------------- one shard
 
+
 def _load_stage(folder: str | Path | None, shard: str, stage: str) -> dict[str, dict[str, Any]] | None:
     """A stage's records of one shard by key; None when the stage is not joined."""
     if folder is None:
@@ -111,9 +119,17 @@ def _load_stage(folder: str | Path | None, shard: str, stage: str) -> dict[str, 
     return read_annotations(folder, shard)
 
 
-def join_shard(images_dir: str | Path, captions_dir: str | Path, regions_dir: str | Path | None,
-               negatives_dir: str | Path | None, shard: str, *, counts: Counter | None = None,
-               decode_images: bool = True, with_key: bool = True) -> Iterator[tuple[RawSample, dict[str, Any]]]:
+def join_shard(
+    images_dir: str | Path,
+    captions_dir: str | Path,
+    regions_dir: str | Path | None,
+    negatives_dir: str | Path | None,
+    shard: str,
+    *,
+    counts: Counter | None = None,
+    decode_images: bool = True,
+    with_key: bool = True,
+) -> Iterator[tuple[RawSample, dict[str, Any]]]:
     """(sample, FineHARD record) for each image of `shard` that has a long caption.
 
     regions_dir / negatives_dir may be None (stage 1 needs captions only). Samples that a
@@ -145,8 +161,13 @@ def join_shard(images_dir: str | Path, captions_dir: str | Path, regions_dir: st
                 counts["missing_negatives"] += 1
             elif len(sample_negatives["regions"]) != region_count:
                 counts["misaligned_negatives"] += 1
-                log.warning("join: shard %s key %s: %d negative entries for %d regions; negatives left out",
-                            shard, sample.key, len(sample_negatives["regions"]), region_count)
+                log.warning(
+                    "join: shard %s key %s: %d negative entries for %d regions; negatives left out",
+                    shard,
+                    sample.key,
+                    len(sample_negatives["regions"]),
+                    region_count,
+                )
                 sample_negatives = None
         record = finehard_record(sample, shard, caption, sample_regions, sample_negatives)
         if with_key:

@@ -42,7 +42,10 @@ def _validator(kind: str) -> Draft202012Validator:
 
 def problems(kind: str, record: Any) -> list[str]:
     """Readable contract violations of one record (empty when it conforms)."""
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<record>'}: {e.message}" for e in _validator(kind).iter_errors(record)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<record>'}: {e.message}"
+        for e in _validator(kind).iter_errors(record)
+    ]
 
 
 def validate(kind: str, record: Any) -> None:

@@ -88,7 +88,11 @@ def list_shards(folder: str | Path, suffix: str = ".tar") -> list[str]:
     root = local_path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"shard folder {root} does not exist")
-    return sorted(p.name[: -len(suffix)] for p in root.iterdir() if p.name.endswith(suffix) and SHARD_PATTERN.match(p.name[: -len(suffix)]))
+    return sorted(
+        p.name[: -len(suffix)]
+        for p in root.iterdir()
+        if p.name.endswith(suffix) and SHARD_PATTERN.match(p.name[: -len(suffix)])
+    )
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -114,7 +118,9 @@ class RawShardReader:
         self.members_read = 0
         self._bad_keys: set[str] = set()  # dotted or invalid keys already rejected: one reject per sample
 
-    def _reject(self, key: str | None, reason: str, detail: str, *, member: str | None = None, dropped: bool = True) -> None:
+    def _reject(
+        self, key: str | None, reason: str, detail: str, *, member: str | None = None, dropped: bool = True
+    ) -> None:
         item = Reject(self.shard, key, reason, detail, member=member, dropped=dropped)
         log.warning("shard %s: %s%s: %s", self.shard, reason, f" [{key}]" if key else "", detail)
         self.rejects.append(item)
@@ -146,7 +152,13 @@ class RawShardReader:
                                     yield sample
                             group_key, group = key, {}
                         if ext in group:
-                            self._reject(key, "duplicate_member", f"second '{ext}' member ignored", member=member.name, dropped=False)
+                            self._reject(
+                                key,
+                                "duplicate_member",
+                                f"second '{ext}' member ignored",
+                                member=member.name,
+                                dropped=False,
+                            )
                             continue
                         group[ext] = data
                     cut = self._cut_header(handle, archive)
@@ -162,7 +174,12 @@ class RawShardReader:
             return
         if cut:
             # tarfile ends a stream silently at a cut or invalid header; say so
-            self._reject(None, "truncated_tar", f"archive ends after {self.members_read} members without an end-of-archive block; later samples are lost")
+            self._reject(
+                None,
+                "truncated_tar",
+                f"archive ends after {self.members_read} members without an end-of-archive block; "
+                "later samples are lost",
+            )
         if group_key is not None:
             sample = self._finish(group_key, group, seen)
             if sample is not None:
@@ -183,7 +200,12 @@ class RawShardReader:
     def _accept_member(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, str, bytes] | None:
         name = member.name
         if _unsafe_name(name):
-            self._reject(None, "unsafe_member_path", f"member {name!r} is absolute or climbs out with '..'; never extracted", member=name)
+            self._reject(
+                None,
+                "unsafe_member_path",
+                f"member {name!r} is absolute or climbs out with '..'; never extracted",
+                member=name,
+            )
             return None
         if member.isdir():
             return None
@@ -201,9 +223,21 @@ class RawShardReader:
                 dotted = f"{key}.{ext.rsplit('.', 1)[0]}"
                 if dotted not in self._bad_keys:
                     self._bad_keys.add(dotted)
-                    self._reject(dotted, "dotted_key", f"key {dotted!r} contains a dot; webdataset ends keys at the first dot, so it would be read as key {key!r}", member=name)
+                    self._reject(
+                        dotted,
+                        "dotted_key",
+                        f"key {dotted!r} contains a dot; webdataset ends keys at the first dot, "
+                        f"so it would be read as key {key!r}",
+                        member=name,
+                    )
                 return None
-            self._reject(key, "unknown_member", f"member {name!r} has unknown extension {ext!r}; ignored", member=name, dropped=False)
+            self._reject(
+                key,
+                "unknown_member",
+                f"member {name!r} has unknown extension {ext!r}; ignored",
+                member=name,
+                dropped=False,
+            )
             return None
         if not KEY_PATTERN.match(key):
             if key not in self._bad_keys:
@@ -260,6 +294,7 @@ class RawShardReader:
 
 # ---------------------------------------------------------------- writing image shards
 
+
 @dataclass(frozen=True)
 class ShardSample:
     """What an image shard stores for one sample (the img2dataset layout)."""
@@ -290,14 +325,31 @@ def write_image_shard(folder: str | Path, shard: str, samples: Iterable[ShardSam
             _tar_member(archive, f"{sample.key}.jpg", sample.jpeg)
             _tar_member(archive, f"{sample.key}.txt", sample.caption.encode("utf-8"))
             _tar_member(archive, f"{sample.key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-            rows.append({"key": sample.key, "caption": sample.caption, "status": "success",
-                         "width": meta.get("width"), "height": meta.get("height"), "url": meta.get("url")})
+            rows.append(
+                {
+                    "key": sample.key,
+                    "caption": sample.caption,
+                    "status": "success",
+                    "width": meta.get("width"),
+                    "height": meta.get("height"),
+                    "url": meta.get("url"),
+                }
+            )
     root = local_path(folder)
     write_bytes_atomic(root / f"{shard}.tar", buffer.getvalue())
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("key", pa.string()), ("caption", pa.string()), ("status", pa.string()),
-        ("width", pa.int64()), ("height", pa.int64()), ("url", pa.string()),
-    ]))
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("key", pa.string()),
+                ("caption", pa.string()),
+                ("status", pa.string()),
+                ("width", pa.int64()),
+                ("height", pa.int64()),
+                ("url", pa.string()),
+            ]
+        ),
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_bytes_atomic(root / f"{shard}.parquet", sink.getvalue().to_pybytes())
@@ -305,6 +357,7 @@ def write_image_shard(folder: str | Path, shard: str, samples: Iterable[ShardSam
 
 
 # ---------------------------------------------------------------- annotation files
+
 
 def annotation_path(folder: str | Path, shard: str, kind: str = "") -> Path:
     """`folder/shard.jsonl`, or `folder/shard.<kind>.json[l]` for rejects and manifests."""

@@ -92,7 +92,9 @@ def canonical_json(value: Any) -> str:
 
 
 def fingerprint(stage: str, input_digests: dict[str, str], settings: dict[str, Any]) -> str:
-    payload = canonical_json({"stage": stage, "schema": schema.SCHEMA_VERSION, "inputs": input_digests, "settings": settings})
+    payload = canonical_json(
+        {"stage": stage, "schema": schema.SCHEMA_VERSION, "inputs": input_digests, "settings": settings}
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -139,8 +141,9 @@ def _count(summary: StageSummary, rejects: list[dict[str, Any]]) -> None:
         (summary.rejected if item["dropped"] else summary.ignored)[item["reason"]] += 1
 
 
-def run_stage(stage: ShardStage, shards: list[str], out_dir: str | Path, *, progress: bool = True,
-              prune: bool = True) -> StageSummary:
+def run_stage(
+    stage: ShardStage, shards: list[str], out_dir: str | Path, *, progress: bool = True, prune: bool = True
+) -> StageSummary:
     """Run `stage` over `shards`, writing into `out_dir`; returns the counts.
 
     `prune` removes outputs of shards that are not in `shards`: right when `shards` is the
@@ -170,8 +173,15 @@ def run_stage(stage: ShardStage, shards: list[str], out_dir: str | Path, *, prog
     return summary
 
 
-def _run_shard(stage: ShardStage, shard: str, out: Path, expected: str, digests: dict[str, str],
-               settings: dict[str, Any], summary: StageSummary) -> dict[str, Any]:
+def _run_shard(
+    stage: ShardStage,
+    shard: str,
+    out: Path,
+    expected: str,
+    digests: dict[str, str],
+    settings: dict[str, Any],
+    summary: StageSummary,
+) -> dict[str, Any]:
     result = stage.process_shard(shard)
     for record in result.records:
         schema.validate(stage.record_kind, record)  # a violation here is a bug in the component
@@ -194,7 +204,9 @@ def _run_shard(stage: ShardStage, shard: str, out: Path, expected: str, digests:
         "outputs": {"records": sha256_bytes(records_bytes), "rejects": sha256_bytes(rejects_bytes)},
     }
     schema.validate("manifest", manifest)
-    write_text_atomic(annotation_path(out, shard, "manifest"), json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(
+        annotation_path(out, shard, "manifest"), json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
+    )
     _count(summary, rejects)
     summary.processed_items += result.items_in
     return manifest

@@ -25,12 +25,18 @@ def add_stage_arguments(parser: argparse.ArgumentParser, records: str) -> None:
     and the shard selection of a fan-out."""
     parser.add_argument("--out", required=True, help=f"output folder for {records} records")
     parser.add_argument("--report", default=None, help="JSON counts report (a DVC metrics file)")
-    parser.add_argument("--shards", nargs="+", default=None, metavar="NNNNN",
-                        help="only these shards, e.g. one group of a fan-out (default: all)")
+    parser.add_argument(
+        "--shards",
+        nargs="+",
+        default=None,
+        metavar="NNNNN",
+        help="only these shards, e.g. one group of a fan-out (default: all)",
+    )
 
 
-def select_shards(folder: str | Path, requested: Sequence[str] | None, suffix: str = ".tar",
-                  hint: str = "") -> tuple[list[str], bool]:
+def select_shards(
+    folder: str | Path, requested: Sequence[str] | None, suffix: str = ".tar", hint: str = ""
+) -> tuple[list[str], bool]:
     """(shards to run, whether they are all of them) from the shards present in `folder`."""
     try:
         available = list_shards(folder, suffix=suffix)
@@ -47,9 +53,18 @@ def select_shards(folder: str | Path, requested: Sequence[str] | None, suffix: s
     return chosen, chosen == available
 
 
-def run_tracked_stage(stage: ShardStage, *, params: Params, shards: list[str], out: str | Path,
-                      report: str | Path | None, inputs: dict[str, str | Path], progress: bool = True,
-                      prune: bool = True, extra_params: dict[str, Any] | None = None) -> tuple[StageSummary, Tracker]:
+def run_tracked_stage(
+    stage: ShardStage,
+    *,
+    params: Params,
+    shards: list[str],
+    out: str | Path,
+    report: str | Path | None,
+    inputs: dict[str, str | Path],
+    progress: bool = True,
+    prune: bool = True,
+    extra_params: dict[str, Any] | None = None,
+) -> tuple[StageSummary, Tracker]:
     """Run `stage` over `shards`; returns the summary (the MLflow run is closed).
 
     Pass prune=False when `shards` is only part of the input (see stage.run_stage)."""

@@ -140,8 +140,11 @@ def list_files(folder: str | Path, suffix: str = "") -> list[str]:
     with _s3_errors(location):
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
         for page in pages:
-            names.extend(item["Key"][len(prefix):] for item in page.get("Contents", [])
-                         if item["Key"].endswith(suffix) and not item["Key"].endswith("/"))
+            names.extend(
+                item["Key"][len(prefix) :]
+                for item in page.get("Contents", [])
+                if item["Key"].endswith(suffix) and not item["Key"].endswith("/")
+            )
     return sorted(names)
 
 
@@ -155,8 +158,10 @@ def copy_file(source: str | Path, target: str | Path) -> None:
     from boto3.s3.transfer import TransferConfig
 
     settings = s3_settings()
-    transfer = TransferConfig(multipart_threshold=settings.multipart_threshold_mb * _CHUNK,
-                              multipart_chunksize=settings.multipart_threshold_mb * _CHUNK)
+    transfer = TransferConfig(
+        multipart_threshold=settings.multipart_threshold_mb * _CHUNK,
+        multipart_chunksize=settings.multipart_threshold_mb * _CHUNK,
+    )
     client = s3_client()
     if is_s3(source) and is_s3(target):
         src, dst = S3Location.parse(source), S3Location.parse(target)
@@ -200,7 +205,7 @@ class S3Location:
     key: str
 
     @classmethod
-    def parse(cls, url: str | Path) -> "S3Location":
+    def parse(cls, url: str | Path) -> S3Location:
         parsed = urlparse(str(url))
         if parsed.scheme != S3_SCHEME or not parsed.netloc:
             raise ValueError(f"{str(url)!r} is not an s3://bucket/key URL")
@@ -239,8 +244,13 @@ def s3_client(settings: S3Config | None = None) -> Any:
 
     settings = settings or s3_settings()
     # the credentials are part of the key so a rotated secret gets a new client
-    key = (settings, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
-           os.environ.get("AWS_SESSION_TOKEN"), os.environ.get("AWS_PROFILE"))
+    key = (
+        settings,
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        os.environ.get("AWS_SESSION_TOKEN"),
+        os.environ.get("AWS_PROFILE"),
+    )
     if key not in _CLIENTS:
         config = Config(
             region_name=settings.region,
@@ -266,8 +276,9 @@ def _s3_errors(location: S3Location) -> Iterator[None]:
     try:
         yield
     except NoCredentialsError as error:
-        raise StorageError(f"{location}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                           "(or AWS_PROFILE)") from error
+        raise StorageError(
+            f"{location}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        ) from error
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):

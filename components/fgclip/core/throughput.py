@@ -19,7 +19,7 @@ class Throughput:
     seconds: float = 0.0
 
     @contextmanager
-    def timed(self) -> Iterator["Throughput"]:
+    def timed(self) -> Iterator[Throughput]:
         started = time.perf_counter()
         try:
             yield self

@@ -85,8 +85,11 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self._mlflow:
-            numeric = {k.replace("@", "_at_"): float(v) for k, v in flatten("", metrics).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numeric = {
+                k.replace("@", "_at_"): float(v)
+                for k, v in flatten("", metrics).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             self._mlflow.log_metrics(numeric, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -110,10 +113,11 @@ class Tracker:
         digest, origin = dataset_digest(path)
         if self._mlflow:
             from mlflow.data.meta_dataset import MetaDataset
-            from mlflow.data.sources import LocalArtifactDatasetSource
+            from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
 
             source = LocalArtifactDatasetSource(str(local_path(path).resolve()))
-            self._mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:36]), context=context)
+            dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]  # not an ABC at run time
+            self._mlflow.log_input(dataset, context=context)
             self._mlflow.set_tag(f"dataset.{name}.digest", digest)
             self._mlflow.set_tag(f"dataset.{name}.digest_origin", origin)
         return digest
@@ -124,8 +128,9 @@ def tracking_uri(config: TrackingConfig) -> str:
 
 
 @contextmanager
-def tracked_run(config: TrackingConfig, run_name: str, *, experiment: str | None = None,
-                tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+def tracked_run(
+    config: TrackingConfig, run_name: str, *, experiment: str | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[Tracker]:
     """An MLflow run around a component; yields a no-op tracker when tracking is off."""
     if not config.enabled:
         yield Tracker(None)

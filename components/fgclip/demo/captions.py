@@ -32,7 +32,12 @@ SEED_STREAM = "recaption"
 TEACHER_VERSION = "1"
 ATTRIBUTE_VOCAB: dict[str, tuple[str, ...]] = {"size": SIZES, "colour": tuple(COLOURS), "pattern": PATTERNS}
 # Shortest reference first; the first that no other mentioned object of the same shape shares wins.
-REFERENCE_ATTRIBUTES: tuple[tuple[str, ...], ...] = (("colour",), ("size", "colour"), ("colour", "pattern"), TRUTH_ATTRIBUTES)
+REFERENCE_ATTRIBUTES: tuple[tuple[str, ...], ...] = (
+    ("colour",),
+    ("size", "colour"),
+    ("colour", "pattern"),
+    TRUTH_ATTRIBUTES,
+)
 COUNT_WORDS = ATTRIBUTE_LEXICON["count"]  # "one", "two", ...
 VOWELS = "aeiou"
 
@@ -44,7 +49,11 @@ SCENE_TEMPLATES: tuple[str, ...] = (
 )
 EMPTY_SCENE_TEMPLATES: tuple[str, ...] = ("This image shows {backdrop}.", "The picture is {backdrop}.")
 SHAPE_WORDS: tuple[str, ...] = ("shapes", "geometric shapes", "figures")
-PLAIN_BACKDROPS: tuple[str, ...] = ("a plain light {0} background", "a flat light {0} backdrop", "an even light {0} background")
+PLAIN_BACKDROPS: tuple[str, ...] = (
+    "a plain light {0} background",
+    "a flat light {0} backdrop",
+    "an even light {0} background",
+)
 GRADIENT_BACKDROPS: tuple[str, ...] = ("{description}", "a soft light {0} and light {1} gradient")
 OBJECT_TEMPLATES: tuple[str, ...] = (
     "{where} there is {np}{rel}.",
@@ -77,9 +86,21 @@ INVERSE_PREDICATE = {"left of": "right of", "right of": "left of", "above": "bel
 
 
 def rules_hash() -> str:
-    rules = [SCENE_TEMPLATES, EMPTY_SCENE_TEMPLATES, SHAPE_WORDS, PLAIN_BACKDROPS, GRADIENT_BACKDROPS,
-             OBJECT_TEMPLATES, LEADING_RELATION_TEMPLATE, POSITION_PHRASES, UNKNOWN_POSITION_PHRASES,
-             PREDICATE_PHRASES, TRUTH_ATTRIBUTES, ATTRIBUTE_VOCAB, REFERENCE_ATTRIBUTES]
+    rules = [
+        SCENE_TEMPLATES,
+        EMPTY_SCENE_TEMPLATES,
+        SHAPE_WORDS,
+        PLAIN_BACKDROPS,
+        GRADIENT_BACKDROPS,
+        OBJECT_TEMPLATES,
+        LEADING_RELATION_TEMPLATE,
+        POSITION_PHRASES,
+        UNKNOWN_POSITION_PHRASES,
+        PREDICATE_PHRASES,
+        TRUTH_ATTRIBUTES,
+        ATTRIBUTE_VOCAB,
+        REFERENCE_ATTRIBUTES,
+    ]
     return hashlib.sha256(json.dumps(rules, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
@@ -142,9 +163,14 @@ def _things(count: int, rng: random.Random) -> str:
     return f"{COUNT_WORDS[count - 1] if count <= len(COUNT_WORDS) else count} {noun}"
 
 
-def _relation_phrase(mention: Mention, by_id: dict[int, Mention], mentions: Sequence[Mention],
-                     relations: Sequence[dict[str, Any]], rng: random.Random) -> str | None:
-    """"above the green square" for a relation between `mention` and another mentioned object."""
+def _relation_phrase(
+    mention: Mention,
+    by_id: dict[int, Mention],
+    mentions: Sequence[Mention],
+    relations: Sequence[dict[str, Any]],
+    rng: random.Random,
+) -> str | None:
+    """ "above the green square" for a relation between `mention` and another mentioned object."""
     options = []
     for relation in relations:
         predicate = relation.get("predicate")
@@ -183,11 +209,12 @@ def describe(truth: dict[str, Any], key: str, seed: int, config: DemoRecaptionTe
         wants_relation = rng.random() < config.relation_rate
         leading = rng.random() < 1 / (len(OBJECT_TEMPLATES) + 1)  # as likely as any one template
         template = rng.choice(OBJECT_TEMPLATES)
-        relation = _relation_phrase(mention, by_id, mentions, truth.get("relations") or [], rng) if wants_relation else None
+        relation = (
+            _relation_phrase(mention, by_id, mentions, truth.get("relations") or [], rng) if wants_relation else None
+        )
         if relation is not None and leading:
             sentence = LEADING_RELATION_TEMPLATE.format(rel=relation, np=noun_phrase)
         else:
             sentence = template.format(where=where, np=noun_phrase, rel=f", {relation}" if relation else "")
         sentences.append(_capitalised(sentence))
     return " ".join(sentences)
-

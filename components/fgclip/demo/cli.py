@@ -17,8 +17,12 @@ HELP = "generate the demo world: drawn scenes with alt-text (image shards) and g
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="data/demo", help="output root; writes <out>/<split>/{images,truth} (default: data/demo)")
-    parser.add_argument("--split", choices=[*SPLIT_KEY_PREFIX, "all"], default="all", help="which split to generate (default: all)")
+    parser.add_argument(
+        "--out", default="data/demo", help="output root; writes <out>/<split>/{images,truth} (default: data/demo)"
+    )
+    parser.add_argument(
+        "--split", choices=[*SPLIT_KEY_PREFIX, "all"], default="all", help="which split to generate (default: all)"
+    )
 
 
 def command(args: argparse.Namespace, params: Params) -> int:

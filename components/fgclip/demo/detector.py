@@ -24,7 +24,6 @@ Box = tuple[float, float, float, float]
 Scored = tuple[Box, float]
 
 
-
 # Weak preference for a solid object when an expression names no pattern: captions
 # usually leave "solid" out, but it is not proof.
 ABSENT_PATTERN_PRIOR = 0.25
@@ -70,9 +69,10 @@ def ground(short_expr: str, long_expr: str, objects: Sequence[dict[str, Any]]) -
         return None
     words = tokenize(short_expr)
     place = location_words(short_expr, long_expr)
-    best = max(same, key=lambda item: (_attribute_score(words, item[1]), _position_score(place, item[1]["bbox"]), -item[0]))
+    best = max(
+        same, key=lambda item: (_attribute_score(words, item[1]), _position_score(place, item[1]["bbox"]), -item[0])
+    )
     return best[1]
-
 
 
 class TeacherBoxes:
@@ -94,8 +94,15 @@ class TeacherBoxes:
         x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
         return x1, y1, x1 + w, y1 + h
 
-    def candidates(self, short_expr: str, long_expr: str, objects: Sequence[dict[str, Any]], width: int, height: int,
-                   rng: random.Random) -> list[Scored]:
+    def candidates(
+        self,
+        short_expr: str,
+        long_expr: str,
+        objects: Sequence[dict[str, Any]],
+        width: int,
+        height: int,
+        rng: random.Random,
+    ) -> list[Scored]:
         teacher = self.teacher
         # Every draw is made, used or not, in a fixed order: changing one rate (or
         # grounding to another object) never reshuffles the rest of the stream.
@@ -106,7 +113,10 @@ class TeacherBoxes:
         offsets = [rng.gauss(0, 1) for _ in range(4)]
         duplicate_offsets = [rng.gauss(0, 1) for _ in range(4)]
         false_box, false_score = self._random_box(width, height, rng), self._passing_score(rng)
-        noise = [(self._random_box(width, height, rng), self._low_score(rng)) for _ in range(teacher.sub_threshold_candidates)]
+        noise = [
+            (self._random_box(width, height, rng), self._low_score(rng))
+            for _ in range(teacher.sub_threshold_candidates)
+        ]
         out: list[Scored] = []
         target = ground(short_expr, long_expr, objects)
         if target is not None:
@@ -116,7 +126,12 @@ class TeacherBoxes:
             else:
                 out.append((box, score))
                 if duplicate:
-                    out.append((_offset(box, duplicate_offsets, teacher.duplicate_jitter), score * teacher.duplicate_score_factor))
+                    out.append(
+                        (
+                            _offset(box, duplicate_offsets, teacher.duplicate_jitter),
+                            score * teacher.duplicate_score_factor,
+                        )
+                    )
         if false_positive:
             out.append((false_box, false_score))
         return out + noise

@@ -45,6 +45,7 @@ NOT_PHOTO_LOADERS = frozenset({"download_all", "lbp_frontal_face_cascade_filenam
 
 # ---------------------------------------------------------------- shapes
 
+
 def _circle(draw: ImageDraw.ImageDraw, last: int) -> None:
     draw.ellipse([0, 0, last, last], fill=MASK_ON)
 
@@ -65,8 +66,10 @@ def _diamond(draw: ImageDraw.ImageDraw, last: int) -> None:
 def _hexagon(draw: ImageDraw.ImageDraw, last: int) -> None:
     middle = last / 2
     step = 2 * math.pi / HEXAGON_SIDES
-    draw.polygon([(middle + middle * math.cos(i * step), middle + middle * math.sin(i * step))
-                  for i in range(HEXAGON_SIDES)], fill=MASK_ON)
+    draw.polygon(
+        [(middle + middle * math.cos(i * step), middle + middle * math.sin(i * step)) for i in range(HEXAGON_SIDES)],
+        fill=MASK_ON,
+    )
 
 
 def _star(draw: ImageDraw.ImageDraw, last: int) -> None:
@@ -93,8 +96,14 @@ def _cross(draw: ImageDraw.ImageDraw, last: int) -> None:
 
 
 SHAPE_DRAWERS: dict[str, Callable[[ImageDraw.ImageDraw, int], None]] = {
-    "circle": _circle, "square": _square, "triangle": _triangle, "diamond": _diamond,
-    "hexagon": _hexagon, "star": _star, "ring": _ring, "cross": _cross,
+    "circle": _circle,
+    "square": _square,
+    "triangle": _triangle,
+    "diamond": _diamond,
+    "hexagon": _hexagon,
+    "star": _star,
+    "ring": _ring,
+    "cross": _cross,
 }
 
 
@@ -109,6 +118,7 @@ def shape_mask(shape: str, side: int) -> Image.Image:
 
 
 # ---------------------------------------------------------------- patterns
+
 
 def pattern_colour(colour: RGB) -> RGB:
     luma = sum(weight * channel for weight, channel in zip(LUMA_WEIGHTS, colour))
@@ -131,7 +141,10 @@ def _checkers(xs: np.ndarray, ys: np.ndarray, period: int) -> np.ndarray:
 
 
 PATTERN_MARKS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None] = {
-    "solid": None, "striped": _stripes, "dotted": _dots, "checkered": _checkers,
+    "solid": None,
+    "striped": _stripes,
+    "dotted": _dots,
+    "checkered": _checkers,
 }
 
 
@@ -148,14 +161,16 @@ def pattern_texture(colour: RGB, pattern: str, side: int, period: int) -> np.nda
     return texture
 
 
-def paste_object(canvas: Image.Image, shape: str, colour: RGB, pattern: str, side: int, period: int,
-                 origin: tuple[int, int]) -> None:
+def paste_object(
+    canvas: Image.Image, shape: str, colour: RGB, pattern: str, side: int, period: int, origin: tuple[int, int]
+) -> None:
     """Draw one object with its cell's top-left corner at `origin` (in place)."""
     texture = Image.fromarray(pattern_texture(colour, pattern, side, period), "RGB")
     canvas.paste(texture, origin, shape_mask(shape, side))
 
 
 # ---------------------------------------------------------------- backgrounds
+
 
 def tint(colour: RGB, amount: float) -> RGB:
     """`colour` mixed towards white by `amount` (0: unchanged, 1: white)."""
@@ -204,7 +219,9 @@ def load_photo(name: str) -> Image.Image | None:
     if pixels.ndim == 2:
         pixels = np.stack([pixels] * 3, axis=-1)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
-        log.warning("photo background %r has shape %s, not an image; using a drawn background instead", name, pixels.shape)
+        log.warning(
+            "photo background %r has shape %s, not an image; using a drawn background instead", name, pixels.shape
+        )
         return None
     return Image.fromarray(img_as_ubyte(pixels), "RGB")
 

@@ -67,15 +67,18 @@ def _contradiction(word: str, cls: str, truth_value: Any) -> bool:
     return word != truth_value
 
 
-def judge_region(bbox: Sequence[Any], short_expr: str, long_expr: str, truth: Mapping[str, Any],
-                 match_iou: float) -> tuple[bool, str]:
+def judge_region(
+    bbox: Sequence[Any], short_expr: str, long_expr: str, truth: Mapping[str, Any], match_iou: float
+) -> tuple[bool, str]:
     """(right, why) for one region of the image `truth` describes."""
     head = named_shape(short_expr, long_expr)
     if head is None:
         return False, f"the expression names no demo object (none of {', '.join(SHAPES)})"
     if not is_box(tuple(bbox)):
         return False, "the box is not 4 finite numbers"
-    candidates = [o for o in truth.get("objects") or [] if o.get("shape") == head and is_box(tuple(o.get("bbox") or ()))]
+    candidates = [
+        o for o in truth.get("objects") or [] if o.get("shape") == head and is_box(tuple(o.get("bbox") or ()))
+    ]
     if not candidates:
         return False, f"the image has no {head}"
     scored = [(iou(bbox, obj["bbox"]), obj) for obj in candidates]

@@ -121,8 +121,9 @@ def sample_problem(record: Any, width: int, height: int) -> tuple[str, str] | No
     if problem is not None:
         return "bad_truth", problem
     if (record.get("width"), record.get("height")) != (width, height):
-        return "truth_mismatch", (f"truth describes a {record.get('width')}x{record.get('height')} image, "
-                                  f"the image is {width}x{height}")
+        return "truth_mismatch", (
+            f"truth describes a {record.get('width')}x{record.get('height')} image, the image is {width}x{height}"
+        )
     return None
 
 

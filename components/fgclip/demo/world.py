@@ -32,12 +32,12 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from fgclip.demo import draw as demo_draw
-from fgclip.demo.config import DemoWorldConfig
-from fgclip.text.lexicon import COLOURS, SHAPES, SIZES
 from fgclip.core.seeding import seeded_random
 from fgclip.core.shards import SHARD_PATTERN, ShardSample, write_image_shard, write_jsonl_atomic
 from fgclip.core.storage import local_path
+from fgclip.demo import draw as demo_draw
+from fgclip.demo.config import DemoWorldConfig
+from fgclip.text.lexicon import COLOURS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def shard_name(number: int) -> str:
 
 # ---------------------------------------------------------------- scene sampling
 
+
 def _sample_background(config: DemoWorldConfig, rng: random.Random) -> dict[str, Any]:
     # Every draw happens whatever is chosen, so a missing photo changes only its own sample.
     wants_photo = rng.random() < config.photo_background_rate
@@ -140,12 +141,20 @@ def _sample_background(config: DemoWorldConfig, rng: random.Random) -> dict[str,
     gradient = rng.random() < config.gradient_rate
     vertical = rng.choice((True, False))
     if wants_photo and photo is not None and demo_draw.photo_available(photo):
-        return {"kind": "photo", "photo": photo, "crop": crop,
-                "description": PHOTO_DESCRIPTIONS.get(photo, GENERIC_PHOTO_DESCRIPTION)}
+        return {
+            "kind": "photo",
+            "photo": photo,
+            "crop": crop,
+            "description": PHOTO_DESCRIPTIONS.get(photo, GENERIC_PHOTO_DESCRIPTION),
+        }
     if gradient:
         ends = ("at the top", "at the bottom") if vertical else ("on the left", "on the right")
-        background = {"kind": "gradient", "colours": [first, second], "direction": "vertical" if vertical else "horizontal",
-                      "description": f"a gradient from {TINT_WORD} {first} {ends[0]} to {TINT_WORD} {second} {ends[1]}"}
+        background = {
+            "kind": "gradient",
+            "colours": [first, second],
+            "direction": "vertical" if vertical else "horizontal",
+            "description": f"a gradient from {TINT_WORD} {first} {ends[0]} to {TINT_WORD} {second} {ends[1]}",
+        }
     else:
         background = {"kind": "plain", "colours": [first], "description": f"a plain {TINT_WORD} {first} background"}
     if wants_photo and photo is not None:
@@ -163,8 +172,9 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return width * height / smaller
 
 
-def _place(config: DemoWorldConfig, rng: random.Random, shape: str, side: int,
-           taken: list[tuple[int, int, int, int]]) -> tuple[tuple[int, int], tuple[int, int, int, int]] | None:
+def _place(
+    config: DemoWorldConfig, rng: random.Random, shape: str, side: int, taken: list[tuple[int, int, int, int]]
+) -> tuple[tuple[int, int], tuple[int, int, int, int]] | None:
     """A cell origin whose drawn box stays inside the margins and overlaps little; None if none found."""
     rel = demo_draw.shape_mask(shape, side).getbbox()
     if rel is None:
@@ -213,6 +223,7 @@ def sample_scene(config: DemoWorldConfig, split: str, key: str) -> Scene:
 
 # ---------------------------------------------------------------- truth and alt-text
 
+
 def _position(box: tuple[int, int, int, int], width: int, height: int) -> str:
     column = min(GRID_THIRDS - 1, int((box[0] + box[2]) / 2 / width * GRID_THIRDS))
     row = min(GRID_THIRDS - 1, int((box[1] + box[3]) / 2 / height * GRID_THIRDS))
@@ -223,7 +234,7 @@ def relations(objects: tuple[SceneObject, ...]) -> list[dict[str, Any]]:
     """Spatial relations between every pair whose boxes are separated along an axis."""
     found = []
     for index, a in enumerate(objects):
-        for b in objects[index + 1:]:
+        for b in objects[index + 1 :]:
             if a.box[2] <= b.box[0]:
                 found.append({"subject": a.id, "predicate": "left of", "object": b.id})
             elif b.box[2] <= a.box[0]:
@@ -238,14 +249,30 @@ def relations(objects: tuple[SceneObject, ...]) -> list[dict[str, Any]]:
 def truth_record(scene: Scene) -> dict[str, Any]:
     def normalised(box: tuple[int, int, int, int]) -> list[float]:
         x1, y1, x2, y2 = box
-        return [round(x1 / scene.width, BOX_DECIMALS), round(y1 / scene.height, BOX_DECIMALS),
-                round(x2 / scene.width, BOX_DECIMALS), round(y2 / scene.height, BOX_DECIMALS)]
+        return [
+            round(x1 / scene.width, BOX_DECIMALS),
+            round(y1 / scene.height, BOX_DECIMALS),
+            round(x2 / scene.width, BOX_DECIMALS),
+            round(y2 / scene.height, BOX_DECIMALS),
+        ]
 
     return {
-        "key": scene.key, "width": scene.width, "height": scene.height, "background": scene.background,
-        "objects": [{"id": o.id, "shape": o.shape, "colour": o.colour, "pattern": o.pattern, "size": o.size,
-                     "bbox": normalised(o.box), "position": _position(o.box, scene.width, scene.height)}
-                    for o in scene.objects],
+        "key": scene.key,
+        "width": scene.width,
+        "height": scene.height,
+        "background": scene.background,
+        "objects": [
+            {
+                "id": o.id,
+                "shape": o.shape,
+                "colour": o.colour,
+                "pattern": o.pattern,
+                "size": o.size,
+                "bbox": normalised(o.box),
+                "position": _position(o.box, scene.width, scene.height),
+            }
+            for o in scene.objects
+        ],
         "relations": relations(scene.objects),
     }
 
@@ -256,8 +283,13 @@ def alt_text(scene: Scene, rng: random.Random) -> str:
     template = rng.choice(usable)
     named = rng.sample(scene.objects, min(2, len(scene.objects)))
     background = scene.background
-    backdrop = "a photo" if background["kind"] == "photo" else (
-        "a gradient background" if background["kind"] == "gradient" else f"a {background['colours'][0]} background")
+    backdrop = (
+        "a photo"
+        if background["kind"] == "photo"
+        else (
+            "a gradient background" if background["kind"] == "gradient" else f"a {background['colours'][0]} background"
+        )
+    )
     fields: dict[str, Any] = {"backdrop": backdrop, "count": len(scene.objects)}
     for index, obj in enumerate(named):
         fields[f"colour{index}"], fields[f"shape{index}"] = obj.colour, obj.shape
@@ -266,6 +298,7 @@ def alt_text(scene: Scene, rng: random.Random) -> str:
 
 # ---------------------------------------------------------------- pixels
 
+
 def render(scene: Scene, config: DemoWorldConfig) -> Image.Image:
     background = scene.background
     if background["kind"] == "photo":
@@ -273,8 +306,9 @@ def render(scene: Scene, config: DemoWorldConfig) -> Image.Image:
     else:
         colours = [demo_draw.tint(COLOURS[name], config.background_tint) for name in background["colours"]]
         if background["kind"] == "gradient":
-            pixels = demo_draw.gradient_background(scene.width, scene.height, colours[0], colours[1],
-                                                   background["direction"] == "vertical")
+            pixels = demo_draw.gradient_background(
+                scene.width, scene.height, colours[0], colours[1], background["direction"] == "vertical"
+            )
         else:
             pixels = demo_draw.plain_background(scene.width, scene.height, colours[0])
     canvas = Image.fromarray(pixels, "RGB")
@@ -300,6 +334,7 @@ def generate_sample(config: DemoWorldConfig, split: str, index: int) -> tuple[Sh
 
 
 # ---------------------------------------------------------------- splits
+
 
 def split_dirs(out: str | Path, split: str) -> tuple[Path, Path]:
     """(images folder, truth folder) of one split."""

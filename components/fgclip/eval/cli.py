@@ -30,9 +30,17 @@ HELP = "evaluate a model: demo FG-OVD, box classification, long/short retrieval,
 
 
 def log_run(tracker: Tracker, args: argparse.Namespace, params: Params, embedder: Embedder) -> None:
-    tracker.log_params({"model": args.model, "images": args.images, "truth": args.truth,
-                        "fgovd_dir": args.fgovd_dir, "coco_images": args.coco_images, "eval": params.eval.model_dump(mode="json"),
-                        "embedder": embedder.identity()})
+    tracker.log_params(
+        {
+            "model": args.model,
+            "images": args.images,
+            "truth": args.truth,
+            "fgovd_dir": args.fgovd_dir,
+            "coco_images": args.coco_images,
+            "eval": params.eval.model_dump(mode="json"),
+            "embedder": embedder.identity(),
+        }
+    )
     tracker.log_dataset(args.images, "heldout_images")
     tracker.log_dataset(args.truth, "heldout_truth")
     if args.fgovd_dir:
@@ -55,11 +63,22 @@ def command(args: argparse.Namespace, params: Params) -> int:
         raise ComponentError("--coco-images needs --fgovd-dir")
     try:
         embedder = FGCLIPEmbedder(args.model, params.eval.device, params.eval.global_view)
-        with tracked_run(params.tracking, f"eval:{Path(args.out).name}", experiment=params.eval.experiment,
-                         tags={"component": "eval"}) as tracker:
+        with tracked_run(
+            params.tracking,
+            f"eval:{Path(args.out).name}",
+            experiment=params.eval.experiment,
+            tags={"component": "eval"},
+        ) as tracker:
             log_run(tracker, args, params, embedder)
-            metrics, counts = evaluate(embedder, params, images=args.images, truth=args.truth, fgovd_dir=args.fgovd_dir,
-                                       coco_images=args.coco_images, progress=not args.no_progress)
+            metrics, counts = evaluate(
+                embedder,
+                params,
+                images=args.images,
+                truth=args.truth,
+                fgovd_dir=args.fgovd_dir,
+                coco_images=args.coco_images,
+                progress=not args.no_progress,
+            )
             folder = write_outputs(args.out, metrics, counts, f"{args.model}", params.eval.plot_dpi)
             tracker.log_metrics(metrics)
             tracker.log_metrics({f"count.{k}": v for k, v in counts.items()})

@@ -22,8 +22,9 @@ class EvalError(Exception):
     """Bad input the user can fix (a missing folder, a model that does not load)."""
 
 
-def load_fgovd_images(fgovd_dir: str | Path, coco_images: str | Path | None,
-                      params: Params) -> tuple[dict[str, fgovd.FGOVDSplit], dict[str, Path], dict[str, int]]:
+def load_fgovd_images(
+    fgovd_dir: str | Path, coco_images: str | Path | None, params: Params
+) -> tuple[dict[str, fgovd.FGOVDSplit], dict[str, Path], dict[str, int]]:
     """The benchmark splits, their resolved images and the counts of both."""
     try:
         splits = fgovd.load_fgovd(fgovd_dir, params.eval.fgovd_difficulties)
@@ -41,15 +42,24 @@ def load_fgovd_images(fgovd_dir: str | Path, coco_images: str | Path | None,
     counts.update(fgovd_images_referenced=resolution.referenced, fgovd_images_missing=len(resolution.missing))
     if resolution.missing and (not params.eval.fgovd_allow_missing_images or not resolution.found):
         hint = "" if resolution.found else " (none at all: is this the COCO val2017 folder?)"
-        raise EvalError(f"FG-OVD: {resolution.message()}{hint}; set eval.fgovd_allow_missing_images=true to score the rest")
+        raise EvalError(
+            f"FG-OVD: {resolution.message()}{hint}; set eval.fgovd_allow_missing_images=true to score the rest"
+        )
     if resolution.missing:
         log.warning("FG-OVD: %s; scoring the rest", resolution.message())
     return splits, resolution.found, counts
 
 
-def evaluate(embedder: Embedder, params: Params, *, images: str | Path, truth: str | Path,
-             fgovd_dir: str | Path | None = None, coco_images: str | Path | None = None,
-             progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate(
+    embedder: Embedder,
+    params: Params,
+    *,
+    images: str | Path,
+    truth: str | Path,
+    fgovd_dir: str | Path | None = None,
+    coco_images: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, counts) of every task; the pure core of `fgclip eval` (writes nothing)."""
     try:
         world = load_heldout(images, truth)
@@ -67,5 +77,3 @@ def evaluate(embedder: Embedder, params: Params, *, images: str | Path, truth: s
             metrics.update(more_metrics)
             report.update(more_counts)
     return dict(sorted(metrics.items())), report
-
-

@@ -163,14 +163,18 @@ def read_fgovd_file(path: str | Path, difficulty: str) -> FGOVDSplit:
             try:
                 item, was_clipped = parse_line(text, difficulty, number)
             except _BadLine as bad:
-                reject = Reject(shard=source.name, key=f"line{number}", reason=bad.reason, detail=bad.detail, stage=STAGE)
+                reject = Reject(
+                    shard=source.name, key=f"line{number}", reason=bad.reason, detail=bad.detail, stage=STAGE
+                )
                 log.warning("%s:%d: %s: %s", source.name, number, bad.reason, bad.detail)
                 split.rejects.append(reject)
                 continue
             split.clipped_boxes += was_clipped
             split.items.append(item)
     if split.rejects:
-        log.warning("%s: %d of %d lines rejected %s", source.name, len(split.rejects), split.lines, split.reject_counts())
+        log.warning(
+            "%s: %d of %d lines rejected %s", source.name, len(split.rejects), split.lines, split.reject_counts()
+        )
     return split
 
 

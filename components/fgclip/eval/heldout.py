@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "eval"
 
+
 @dataclass(frozen=True)
 class HeldoutSample:
     shard: str
@@ -73,8 +74,6 @@ class HeldoutWorld:
         return dict(sorted(Counter(r.reason for r in self.rejects if r.dropped).items()))
 
 
-
-
 def load_heldout(images_dir: str | Path, truth_dir: str | Path) -> HeldoutWorld:
     """Held-out samples joined with their truth; everything unusable is a counted Reject."""
     world = HeldoutWorld()
@@ -101,6 +100,7 @@ def attribute_phrase(obj: Mapping[str, Any]) -> str:
 
 def changed_attributes(positive: str, negative: str) -> int:
     """How many attribute classes (colour, pattern, size, material, ...) differ."""
+
     def by_class(text: str) -> dict[str, set[str]]:
         classes: dict[str, set[str]] = defaultdict(set)
         for word in text.lower().split():
@@ -166,7 +166,8 @@ def fgovd_demo_choices(world: HeldoutWorld, params: Params) -> tuple[list[Region
 
 def box_classification_choices(world: HeldoutWorld, params: Params) -> list[RegionChoice]:
     prompts = tuple(params.eval.box_prompt.format(shape) for shape in SHAPES)
-    return [RegionChoice(image, region, prompts, SHAPES.index(obj["shape"]))
-            for image, sample in enumerate(world.samples) for region, obj in enumerate(sample.objects)]
-
-
+    return [
+        RegionChoice(image, region, prompts, SHAPES.index(obj["shape"]))
+        for image, sample in enumerate(world.samples)
+        for region, obj in enumerate(sample.objects)
+    ]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero instead of becoming NaN)."""
     array = np.asarray(vectors, dtype=np.float64)
@@ -66,8 +67,9 @@ def strict_win(row: np.ndarray, target: int) -> bool:
     return bool(others.size == 0 or values[target] > others.max())
 
 
-def pairwise_win_rates(scores: Sequence[np.ndarray], targets: Sequence[int],
-                       groups: Sequence[Sequence[int]]) -> dict[int, float]:
+def pairwise_win_rates(
+    scores: Sequence[np.ndarray], targets: Sequence[int], groups: Sequence[Sequence[int]]
+) -> dict[int, float]:
     """{group: share of (target, other candidate) pairs the target wins strictly}.
 
     ``groups[i][j]`` labels candidate j of set i (e.g. how many attributes it changes);
@@ -99,8 +101,13 @@ def candidate_scores(queries: np.ndarray, texts: np.ndarray, candidates: Sequenc
     return [text_rows[list(index)] @ query_rows[row] for row, index in enumerate(candidates)]
 
 
-def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray, text_of_image: Sequence[int],
-                      ks: Sequence[int], prefix: str) -> dict[str, float]:
+def retrieval_metrics(
+    image_embeddings: np.ndarray,
+    text_embeddings: np.ndarray,
+    text_of_image: Sequence[int],
+    ks: Sequence[int],
+    prefix: str,
+) -> dict[str, float]:
     """Image->text and text->image recall@k; ``text_of_image[i]`` is image i's text row.
 
     Texts are expected to be unique rows: images sharing one text all count as correct
@@ -119,8 +126,17 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
 
 
 # Metrics in the order a reader follows the tasks (tables, plots); others come last.
-TASK_ORDER = ("fgovd_demo", "box_cls", "long", "short", "zero_shot", "fgovd_hard", "fgovd_medium", "fgovd_easy",
-              "fgovd_trivial")
+TASK_ORDER = (
+    "fgovd_demo",
+    "box_cls",
+    "long",
+    "short",
+    "zero_shot",
+    "fgovd_hard",
+    "fgovd_medium",
+    "fgovd_easy",
+    "fgovd_trivial",
+)
 
 
 def metric_order(metric: str) -> tuple[int, bool, list[tuple[int, int, str]]]:
@@ -128,5 +144,3 @@ def metric_order(metric: str) -> tuple[int, bool, list[tuple[int, int, str]]]:
     task = next((index for index, name in enumerate(TASK_ORDER) if metric.startswith(f"{name}_")), len(TASK_ORDER))
     parts = [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", metric) if part]
     return task, not metric.endswith("_top1"), parts
-
-

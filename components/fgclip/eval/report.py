@@ -45,5 +45,3 @@ def write_outputs(out: str | Path, metrics: dict[str, float], counts: dict[str, 
     write_text_atomic(folder / COUNTS_FILE, json.dumps(counts, indent=2, sort_keys=True) + "\n")
     plot_metrics(metrics, folder / PLOT_FILE, title, dpi)
     return folder
-
-

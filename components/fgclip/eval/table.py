@@ -8,17 +8,16 @@ more reports a last column with the change from the first to the last.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fgclip.eval.metrics import metric_order
-from fgclip.eval.report import METRICS_FILE
 from fgclip.core.storage import local_path
 from fgclip.errors import ComponentError
+from fgclip.eval.metrics import metric_order
+from fgclip.eval.report import METRICS_FILE
 
 if TYPE_CHECKING:
     from fgclip.config import Params

@@ -19,10 +19,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from fgclip.eval.embedding import Embedder, embed_images, embed_texts
-from fgclip.eval.heldout import (HeldoutWorld, RegionChoice, box_classification_choices, fgovd_demo_choices, largest_object,
-                                 long_caption, short_caption)
-from fgclip.eval.metrics import (candidate_scores, ensemble_templates, l2_normalise, pairwise_win_rates, retrieval_metrics,
-                                 strict_top1)
+from fgclip.eval.heldout import (
+    HeldoutWorld,
+    RegionChoice,
+    box_classification_choices,
+    fgovd_demo_choices,
+    largest_object,
+    long_caption,
+    short_caption,
+)
+from fgclip.eval.metrics import (
+    candidate_scores,
+    ensemble_templates,
+    l2_normalise,
+    pairwise_win_rates,
+    retrieval_metrics,
+    strict_top1,
+)
 from fgclip.text.lexicon import SHAPES
 
 if TYPE_CHECKING:
@@ -32,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
+
 @dataclass
 class WorldFeatures:
     images: np.ndarray  # (N, D) normalised
@@ -39,14 +53,25 @@ class WorldFeatures:
 
 
 def encode_world(world: HeldoutWorld, embedder: Embedder, batch_size: int, progress: bool = False) -> WorldFeatures:
-    images, regions = embed_images(embedder, lambda i: world.samples[i].open_image(),
-                                   [sample.boxes() for sample in world.samples],
-                                   batch_size=batch_size, progress=progress, desc="held-out images")
+    images, regions = embed_images(
+        embedder,
+        lambda i: world.samples[i].open_image(),
+        [sample.boxes() for sample in world.samples],
+        batch_size=batch_size,
+        progress=progress,
+        desc="held-out images",
+    )
     return WorldFeatures(images, regions)
 
 
-def score_choices(choices: Sequence[RegionChoice], region_of: Callable[[RegionChoice], np.ndarray],
-                  embedder: Embedder, batch_size: int, progress: bool = False, desc: str = "texts") -> list[np.ndarray]:
+def score_choices(
+    choices: Sequence[RegionChoice],
+    region_of: Callable[[RegionChoice], np.ndarray],
+    embedder: Embedder,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "texts",
+) -> list[np.ndarray]:
     texts = list(dict.fromkeys(text for choice in choices for text in choice.candidates))
     table = embed_texts(embedder, texts, long=False, batch_size=batch_size, progress=progress, desc=desc)
     row = {text: index for index, text in enumerate(texts)}
@@ -54,16 +79,19 @@ def score_choices(choices: Sequence[RegionChoice], region_of: Callable[[RegionCh
     return candidate_scores(queries, table, [[row[text] for text in choice.candidates] for choice in choices])
 
 
-def evaluate_world(world: HeldoutWorld, embedder: Embedder, params: Params,
-                   progress: bool = False) -> tuple[dict[str, float], dict[str, int]]:
+def evaluate_world(
+    world: HeldoutWorld, embedder: Embedder, params: Params, progress: bool = False
+) -> tuple[dict[str, float], dict[str, int]]:
     """All held-out demo tasks: (metrics in [0, 1], counts)."""
     config = params.eval
     if not world.samples:
         raise ValueError("the held-out world has no usable samples")
     features = encode_world(world, embedder, config.batch_size, progress)
     metrics: dict[str, float] = {}
-    counts: dict[str, int] = {"heldout_images": len(world.samples),
-                              "heldout_objects": sum(len(s.objects) for s in world.samples)}
+    counts: dict[str, int] = {
+        "heldout_images": len(world.samples),
+        "heldout_objects": sum(len(s.objects) for s in world.samples),
+    }
 
     def region_of(choice: RegionChoice) -> np.ndarray:
         return features.regions[choice.image][choice.region]
@@ -86,18 +114,21 @@ def evaluate_world(world: HeldoutWorld, embedder: Embedder, params: Params,
     for name, caption_of, long in (("long", long_caption, True), ("short", short_caption, False)):
         captions = [caption_of(sample, params) for sample in world.samples]
         unique = list(dict.fromkeys(captions))
-        table = embed_texts(embedder, unique, long=long, batch_size=config.batch_size, progress=progress,
-                            desc=f"{name} captions")
+        table = embed_texts(
+            embedder, unique, long=long, batch_size=config.batch_size, progress=progress, desc=f"{name} captions"
+        )
         row = {text: index for index, text in enumerate(unique)}
         metrics.update(retrieval_metrics(features.images, table, [row[c] for c in captions], config.retrieval_ks, name))
         counts[f"{name}_unique_captions"] = len(unique)
 
-    labelled = [(index, largest_object(sample)) for index, sample in enumerate(world.samples)]
-    labelled = [(index, obj) for index, obj in labelled if obj is not None]
+    labelled = [
+        (index, obj) for index, sample in enumerate(world.samples) if (obj := largest_object(sample)) is not None
+    ]
     if labelled:
         prompts = [template.format(shape) for shape in SHAPES for template in config.zero_shot_templates]
-        flat = embed_texts(embedder, prompts, long=False, batch_size=config.batch_size, progress=progress,
-                           desc="zero-shot prompts")
+        flat = embed_texts(
+            embedder, prompts, long=False, batch_size=config.batch_size, progress=progress, desc="zero-shot prompts"
+        )
         classes = ensemble_templates(flat.reshape(len(SHAPES), len(config.zero_shot_templates), -1))
         images = features.images[[index for index, _ in labelled]]
         scores = list(l2_normalise(images) @ classes.T)
@@ -106,16 +137,23 @@ def evaluate_world(world: HeldoutWorld, embedder: Embedder, params: Params,
     return metrics, counts
 
 
-def evaluate_fgovd(splits: Mapping[str, Any], image_paths: Mapping[str, Path], embedder: Embedder, params: Params,
-                   progress: bool = False) -> tuple[dict[str, float], dict[str, int]]:
+def evaluate_fgovd(
+    splits: Mapping[str, Any],
+    image_paths: Mapping[str, Path],
+    embedder: Embedder,
+    params: Params,
+    progress: bool = False,
+) -> tuple[dict[str, float], dict[str, int]]:
     """Top-1 accuracy per difficulty over the items whose image is in ``image_paths``.
 
     ``splits``: difficulty -> ``fgclip.eval.fgovd.FGOVDSplit``. Region embeddings are computed
     once per distinct (image, box): the difficulty files share most of their boxes.
     """
     config = params.eval
-    selected = {name: split.items[:config.fgovd_max_items] if config.fgovd_max_items else split.items
-                for name, split in splits.items()}
+    selected = {
+        name: split.items[: config.fgovd_max_items] if config.fgovd_max_items else split.items
+        for name, split in splits.items()
+    }
     boxes_of: dict[str, dict[Box, int]] = defaultdict(dict)
     for items in selected.values():
         for item in items:
@@ -124,9 +162,11 @@ def evaluate_fgovd(splits: Mapping[str, Any], image_paths: Mapping[str, Path], e
     names = sorted(boxes_of)
     regions: dict[str, np.ndarray] = {}
     unreadable: list[str] = []
-    for start in tqdm(range(0, len(names), config.batch_size), desc="FG-OVD images", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(names), config.batch_size), desc="FG-OVD images", unit="batch", disable=not progress
+    ):
         batch, pictures = [], []
-        for name in names[start:start + config.batch_size]:
+        for name in names[start : start + config.batch_size]:
             try:
                 with Image.open(image_paths[name]) as opened:
                     pictures.append(opened.convert("RGB"))
@@ -136,8 +176,9 @@ def evaluate_fgovd(splits: Mapping[str, Any], image_paths: Mapping[str, Path], e
                 unreadable.append(name)
         if not batch:
             continue
-        _, rows = embedder.encode_images(pictures, [np.asarray(list(boxes_of[name]), dtype=np.float64) for name in batch],
-                                         with_global=False)
+        _, rows = embedder.encode_images(
+            pictures, [np.asarray(list(boxes_of[name]), dtype=np.float64) for name in batch], with_global=False
+        )
         regions.update((name, l2_normalise(row)) for name, row in zip(batch, rows))
     if unreadable:
         log.warning("FG-OVD: %d images could not be read", len(unreadable))
@@ -153,13 +194,22 @@ def evaluate_fgovd(splits: Mapping[str, Any], image_paths: Mapping[str, Path], e
         # A few published lines list the positive among their negatives: a tie no model
         # can win under strict top-1. Counted so the number can be read against it.
         counts[f"fgovd_{name}_positive_among_negatives"] = sum(
-            item.positive.casefold() in {text.casefold() for text in item.negatives} for item in usable)
+            item.positive.casefold() in {text.casefold() for text in item.negatives} for item in usable
+        )
         if not usable:
             log.warning("FG-OVD %s: no item has a readable image; no metric", name)
             continue
-        choices = [RegionChoice(order[item.image_name], boxes_of[item.image_name][item.box], item.candidates, 0)
-                   for item in usable]
-        scores = score_choices(choices, lambda c: regions[names[c.image]][c.region], embedder, config.batch_size,
-                               progress, f"FG-OVD {name} texts")
+        choices = [
+            RegionChoice(order[item.image_name], boxes_of[item.image_name][item.box], item.candidates, 0)
+            for item in usable
+        ]
+        scores = score_choices(
+            choices,
+            lambda c: regions[names[c.image]][c.region],
+            embedder,
+            config.batch_size,
+            progress,
+            f"FG-OVD {name} texts",
+        )
         metrics[f"fgovd_{name}_top1"] = strict_top1(scores, [c.target for c in choices])
     return metrics, counts

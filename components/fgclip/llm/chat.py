@@ -55,5 +55,5 @@ class ChatEngine(ABC):
         """Throughput (items/s, generated tokens/s) and prompt tokens, for MLflow."""
         return {**self.throughput.metrics(prefix), f"{prefix}.prompt_tokens": float(self.prompt_tokens)}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional to override: most engines hold nothing)
         """Release connections or memory (optional)."""

@@ -22,14 +22,14 @@ import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from fgclip.llm.config import EndpointConfig
-from fgclip.llm.chat import ChatEngine, ChatReply, Conversation, EndpointDown
 from fgclip.core.throughput import Throughput
+from fgclip.llm.chat import ChatEngine, ChatReply, Conversation, EndpointDown
+from fgclip.llm.config import EndpointConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _excerpt(text: str) -> str:
@@ -77,10 +77,18 @@ def parse_completion(body: Any) -> ChatReply:
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     if not isinstance(content, str) or not content.strip():
-        return ChatReply(error="empty_reply", detail=f"finish_reason={choice.get('finish_reason')!r}, no text",
-                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-    return ChatReply(text=content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     truncated=choice.get("finish_reason") == "length")
+        return ChatReply(
+            error="empty_reply",
+            detail=f"finish_reason={choice.get('finish_reason')!r}, no text",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+    return ChatReply(
+        text=content,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        truncated=choice.get("finish_reason") == "length",
+    )
 
 
 class ChatEndpoint(ChatEngine):
@@ -100,7 +108,8 @@ class ChatEndpoint(ChatEngine):
         self.client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency))
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+        )
         self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="chat")
         self.throughput = Throughput(unit)
         self.prompt_tokens = 0
@@ -110,8 +119,13 @@ class ChatEndpoint(ChatEngine):
     def identity(self) -> dict[str, Any]:
         # The URL and key are deliberately absent: they say where the model runs, not what it writes.
         c = self.config
-        return {"engine": "openai", "model": c.model, "max_tokens": c.max_tokens, "temperature": c.temperature,
-                "seed": c.seed}
+        return {
+            "engine": "openai",
+            "model": c.model,
+            "max_tokens": c.max_tokens,
+            "temperature": c.temperature,
+            "seed": c.seed,
+        }
 
     def chat(self, conversations: Sequence[Conversation]) -> list[ChatReply]:
         if not conversations:
@@ -135,17 +149,25 @@ class ChatEndpoint(ChatEngine):
             if not reply.ok:
                 log.warning("%s: %s: %s", self.url, reply.error, reply.detail)
         if all(reply.error in UNREACHABLE for reply in replies):
-            raise EndpointDown(f"{self.url} cannot be reached: all {len(replies)} requests of the batch failed after "
-                               f"{self.config.max_retries} retries ({replies[0].detail}); start the server and rerun "
-                               f"(finished shards are kept)")
+            raise EndpointDown(
+                f"{self.url} cannot be reached: all {len(replies)} requests of the batch failed after "
+                f"{self.config.max_retries} retries ({replies[0].detail}); start the server and rerun "
+                f"(finished shards are kept)"
+            )
         if self.failures_in_a_row >= self.config.max_consecutive_failures:
-            raise EndpointDown(f"{self.url}: {self.failures_in_a_row} requests failed in a row (last: {replies[-1].error}: "
-                               f"{replies[-1].detail}); fix the endpoint and rerun (finished shards are kept)")
+            raise EndpointDown(
+                f"{self.url}: {self.failures_in_a_row} requests failed in a row (last: {replies[-1].error}: "
+                f"{replies[-1].detail}); fix the endpoint and rerun (finished shards are kept)"
+            )
 
     def _payload(self, conversation: Conversation) -> dict[str, Any]:
         c = self.config
-        payload: dict[str, Any] = {"model": c.model, "messages": conversation, "max_tokens": c.max_tokens,
-                                   "temperature": c.temperature}
+        payload: dict[str, Any] = {
+            "model": c.model,
+            "messages": conversation,
+            "max_tokens": c.max_tokens,
+            "temperature": c.temperature,
+        }
         if c.seed is not None:
             payload["seed"] = c.seed
         return payload
@@ -153,7 +175,7 @@ class ChatEndpoint(ChatEngine):
     def _delay(self, retry: int, server_asks: float | None) -> float:
         if server_asks is not None:
             return min(server_asks, self.config.timeout_s)  # honoured, but never longer than a request may take
-        return min(self.config.backoff_max_s, self.config.backoff_s * 2 ** retry) * self.jitter.uniform(0.5, 1.0)
+        return min(self.config.backoff_max_s, self.config.backoff_s * 2**retry) * self.jitter.uniform(0.5, 1.0)
 
     def _request(self, conversation: Conversation) -> ChatReply:
         payload = self._payload(conversation)
@@ -175,19 +197,25 @@ class ChatEndpoint(ChatEngine):
                 reply = ChatReply(error="connection_lost", detail=f"{type(error).__name__}: {error}")
                 continue
             if response.status_code in FATAL_STATUS:
-                raise _Fatal(f"{self.url} answered {response.status_code} (check base_url, model "
-                             f"{self.config.model!r} and the API key variable): {_excerpt(response.text)}")
+                raise _Fatal(
+                    f"{self.url} answered {response.status_code} (check base_url, model "
+                    f"{self.config.model!r} and the API key variable): {_excerpt(response.text)}"
+                )
             if response.status_code in RETRIED_STATUS:
                 server_asks = _retry_after(response)
                 reason = "rate_limited" if response.status_code == 429 else "server_error"
                 reply = ChatReply(error=reason, detail=f"HTTP {response.status_code}: {_excerpt(response.text)}")
                 continue
             if response.status_code >= 400:
-                return ChatReply(error="request_rejected", detail=f"HTTP {response.status_code}: {_excerpt(response.text)}")
+                return ChatReply(
+                    error="request_rejected", detail=f"HTTP {response.status_code}: {_excerpt(response.text)}"
+                )
             try:
                 body = response.json()
             except ValueError:
-                return ChatReply(error="bad_response", detail=f"HTTP {response.status_code}, not JSON: {_excerpt(response.text)}")
+                return ChatReply(
+                    error="bad_response", detail=f"HTTP {response.status_code}, not JSON: {_excerpt(response.text)}"
+                )
             return parse_completion(body)
         assert reply is not None
         return ChatReply(error=reply.error, detail=f"{reply.detail} (after {self.config.max_retries} retries)")

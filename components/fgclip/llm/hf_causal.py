@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fgclip.llm.config import CausalLMConfig
 from fgclip.core.devices import resolve_device, resolve_dtype
 from fgclip.core.hf_source import load_or_explain, model_identity
-from fgclip.llm.chat import ChatEngine, ChatReply, Conversation
 from fgclip.core.throughput import Throughput
+from fgclip.llm.chat import ChatEngine, ChatReply, Conversation
+from fgclip.llm.config import CausalLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,16 @@ class CausalLMChat(ChatEngine):
 
     def identity(self) -> dict[str, Any]:
         c = self.config
-        return {"engine": "hf", **model_identity(c), "gguf_file": c.gguf_file,
-                "dtype": str(self.dtype).removeprefix("torch."), "max_new_tokens": c.max_new_tokens,
-                "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
+        return {
+            "engine": "hf",
+            **model_identity(c),
+            "gguf_file": c.gguf_file,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_new_tokens": c.max_new_tokens,
+            "temperature": c.temperature,
+            "top_p": c.top_p,
+            "seed": c.seed,
+        }
 
     def _decoding(self) -> dict[str, Any]:
         c = self.config
@@ -71,13 +78,19 @@ class CausalLMChat(ChatEngine):
         if not conversations:
             return []
         with self.throughput.timed():
-            texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+            texts = [
+                self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+            ]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(self.config.seed)
             with torch.inference_mode():
-                output = self.model.generate(**batch, max_new_tokens=self.config.max_new_tokens,
-                                             pad_token_id=self.tokenizer.pad_token_id, **self._decoding())
-            answers = output[:, batch["input_ids"].shape[1]:].tolist()
+                output = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.config.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **self._decoding(),
+                )
+            answers = output[:, batch["input_ids"].shape[1] :].tolist()
             prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
             replies = [self._reply(tokens, int(length)) for tokens, length in zip(answers, prompt_lengths)]
         for reply in replies:
@@ -91,10 +104,18 @@ class CausalLMChat(ChatEngine):
         answer = tokens[:end] if end is not None else tokens
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
         if not text:
-            return ChatReply(error="empty_reply", detail="the model produced no text",
-                             prompt_tokens=prompt_tokens, completion_tokens=len(answer))
-        return ChatReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(answer) + (end is not None),
-                         truncated=end is None)
+            return ChatReply(
+                error="empty_reply",
+                detail="the model produced no text",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(answer),
+            )
+        return ChatReply(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(answer) + (end is not None),
+            truncated=end is None,
+        )
 
     def close(self) -> None:
         del self.model

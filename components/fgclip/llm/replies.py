@@ -63,7 +63,7 @@ def _first_json(text: str) -> tuple[Any, str] | None:
 def _quoted(text: str) -> list[str]:
     """Quoted strings of a broken array (cut off, single quotes, missing commas)."""
     start = text.find("[")
-    body = text[start + 1:] if start >= 0 else text
+    body = text[start + 1 :] if start >= 0 else text
     found = [json.loads(f'"{m}"') if "\\" in m else m for m in _DOUBLE_QUOTED.findall(body)]
     return found or _SINGLE_QUOTED.findall(body)
 
@@ -84,7 +84,7 @@ def _lines(text: str) -> tuple[list[str], str]:
 def read_phrases(reply: str) -> Phrases:
     """The phrases of a reply and the reading that found them."""
     fenced = _FENCE.findall(reply)
-    for source in ([*fenced, reply] if fenced else [reply]):
+    for source in [*fenced, reply] if fenced else [reply]:
         decoded = _first_json(source)
         if decoded is not None:
             return Phrases(_strings(decoded[0]), decoded[1])

@@ -10,7 +10,9 @@ from fgclip.core.config import Section
 class DemoModelSpec(Section):
     """The tiny CLIP `fgclip init-model --base demo-tiny` builds from scratch (no hub)."""
 
-    tokenizer_vocab_size: int = Field(1000, ge=300, description="BPE training target (byte alphabet + merges + specials)")
+    tokenizer_vocab_size: int = Field(
+        1000, ge=300, description="BPE training target (byte alphabet + merges + specials)"
+    )
     tokenizer_min_frequency: int = Field(2, ge=1)
     text_hidden_size: int = Field(64, ge=8)
     text_layers: int = Field(2, ge=1)
@@ -29,7 +31,7 @@ class DemoModelSpec(Section):
     logit_scale_init: float = Field(2.6592, description="log inverse temperature at init (CLIP: ln(1/0.07))")
 
     @model_validator(mode="after")
-    def _divisible(self) -> "DemoModelSpec":
+    def _divisible(self) -> DemoModelSpec:
         if self.image_size % self.patch_size:
             raise ValueError("model.demo.image_size must be a multiple of model.demo.patch_size")
         if self.text_hidden_size % self.text_heads or self.vision_hidden_size % self.vision_heads:
@@ -38,5 +40,7 @@ class DemoModelSpec(Section):
 
 
 class ModelConfig(Section):
-    base: str = Field("demo-tiny", description="'demo-tiny' (built from model.demo) or a local HF CLIP folder / cached hub id")
+    base: str = Field(
+        "demo-tiny", description="'demo-tiny' (built from model.demo) or a local HF CLIP folder / cached hub id"
+    )
     demo: DemoModelSpec = DemoModelSpec()

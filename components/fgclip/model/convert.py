@@ -24,9 +24,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 import torch
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPTextConfig
 from transformers.initialization import no_init_weights
 
 from fgclip.model.modeling import FGCLIP_ONLY_PARAMETER_NAMES, FGCLIPConfig, FGCLIPModel
@@ -141,7 +142,7 @@ def _checkpoint_parameter_names(directory: Path) -> set[str]:
 
 def _convert_clip_model(clip: CLIPModel) -> FGCLIPModel:
     config_fields = {k: v for k, v in clip.config.to_dict().items() if k not in _TRANSIENT_CONFIG_KEYS}
-    text_length = clip.config.text_config.max_position_embeddings
+    text_length = cast(CLIPTextConfig, clip.config.text_config).max_position_embeddings
     config = FGCLIPConfig(
         **config_fields,
         long_text_max_position_embeddings=stretched_length(text_length),
@@ -150,7 +151,7 @@ def _convert_clip_model(clip: CLIPModel) -> FGCLIPModel:
     config._attn_implementation = clip.config._attn_implementation or "sdpa"
     with no_init_weights():  # every parameter is overwritten below; skip a random init
         model = FGCLIPModel(config)
-    model.to(dtype=clip.dtype, device=clip.device)
+    model.to(dtype=clip.dtype, device=clip.device)  # type: ignore[call-arg]  # transformers' wrapper hides `self`
 
     missing, unexpected = model.load_state_dict(clip.state_dict(), strict=False)
     if unexpected or set(missing) != set(FGCLIP_ONLY_PARAMETER_NAMES):

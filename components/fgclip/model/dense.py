@@ -14,6 +14,7 @@ the same conventions (torchvision does not import beside the CPU torch pinned he
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,8 @@ def _load_torchvision_roi_align() -> Callable[..., torch.Tensor] | None:
 _TORCHVISION_ROI_ALIGN = _load_torchvision_roi_align()
 
 
-def value_path_block(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Run a CLIP encoder layer with attention replaced by its value path."""
+def value_path_block(layer: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Run a CLIP encoder layer (CLIPEncoderLayer) with attention replaced by its value path."""
     attention = layer.self_attn
     hidden = hidden + attention.out_proj(attention.v_proj(layer.layer_norm1(hidden)))
     return hidden + layer.mlp(layer.layer_norm2(hidden))
@@ -60,9 +61,7 @@ def dense_patch_features(
     return projected.reshape(tokens.shape[0], rows, columns, -1)
 
 
-def region_features(
-    dense: torch.Tensor, boxes_norm: torch.Tensor, box_batch_index: torch.Tensor
-) -> torch.Tensor:
+def region_features(dense: torch.Tensor, boxes_norm: torch.Tensor, box_batch_index: torch.Tensor) -> torch.Tensor:
     """Box embeddings (K, P) in float32 from dense features (B, rows, columns, P).
 
     ``boxes_norm`` (K, 4) holds x1, y1, x2, y2 in [0, 1]; ``box_batch_index`` (K,) says
@@ -70,9 +69,7 @@ def region_features(
     """
     rows, columns = dense.shape[1], dense.shape[2]
     to_grid = boxes_norm.new_tensor([columns, rows, columns, rows], dtype=torch.float32)
-    rois = torch.cat(
-        [box_batch_index.to(torch.float32).unsqueeze(1), boxes_norm.to(torch.float32) * to_grid], dim=1
-    )
+    rois = torch.cat([box_batch_index.to(torch.float32).unsqueeze(1), boxes_norm.to(torch.float32) * to_grid], dim=1)
     feature_map = dense.permute(0, 3, 1, 2).to(torch.float32)
     pooled = roi_align(feature_map, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return pooled[:, :, 0, 0]
@@ -127,9 +124,7 @@ def roi_align_torch(
     return pooled.transpose(1, 2).reshape(num_rois, channels, out_h, out_w)
 
 
-def _axis_weights(
-    start: torch.Tensor, size: torch.Tensor, bins: int, length: int, sampling_ratio: int
-) -> torch.Tensor:
+def _axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, length: int, sampling_ratio: int) -> torch.Tensor:
     """Per-bin interpolation weights along one axis, averaged over the bin's samples.
 
     Returns (K, bins, length). Mirrors torchvision: samples at bin-relative (i + 0.5) /
@@ -147,9 +142,7 @@ def _axis_weights(
     bin_index = torch.arange(bins, device=size.device, dtype=size.dtype).view(1, -1, 1)
     slot = torch.arange(sample_slots, device=size.device).view(1, 1, -1)
     coords = (
-        start.view(-1, 1, 1)
-        + bin_index * bin_size.view(-1, 1, 1)
-        + (slot + 0.5) * (bin_size / divisor).view(-1, 1, 1)
+        start.view(-1, 1, 1) + bin_index * bin_size.view(-1, 1, 1) + (slot + 0.5) * (bin_size / divisor).view(-1, 1, 1)
     )  # (K, bins, slots)
     used = (slot < samples.view(-1, 1, 1)) & (coords >= -1.0) & (coords <= length)
 

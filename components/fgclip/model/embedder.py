@@ -50,17 +50,24 @@ class FGCLIPEmbedder:
             self.processor = CLIPImageProcessor.from_pretrained(self.model_dir)
             self.model = FGCLIPModel.from_pretrained(self.model_dir).to(self.device).eval()
         except (OSError, ValueError) as error:
-            raise ModelFolderError(f"cannot load the model, tokenizer and image processor from {self.model_dir}: {error}") from error
+            raise ModelFolderError(
+                f"cannot load the model, tokenizer and image processor from {self.model_dir}: {error}"
+            ) from error
         config = self.model.config
         self.image_size = config.vision_config.image_size
         self.short_length = config.text_config.max_position_embeddings
         self.long_length = config.long_text_max_position_embeddings
 
     def identity(self) -> dict[str, Any]:
-        return {"model_dir": str(self.model_dir), "device": str(self.device), "image_size": self.image_size,
-                "global_view": self.global_view,
-                "short_length": self.short_length, "long_length": self.long_length,
-                "projection_dim": self.model.config.projection_dim}
+        return {
+            "model_dir": str(self.model_dir),
+            "device": str(self.device),
+            "image_size": self.image_size,
+            "global_view": self.global_view,
+            "short_length": self.short_length,
+            "long_length": self.long_length,
+            "projection_dim": self.model.config.projection_dim,
+        }
 
     def _pixels(self, images: Sequence[Image.Image], whole: bool) -> Any:
         """whole=True: each image resized whole to the model's square input (what regions
@@ -73,10 +80,13 @@ class FGCLIPEmbedder:
             return self.processor(images=pictures, return_tensors="pt")["pixel_values"]
         resample = Image.Resampling(int(getattr(self.processor, "resample", Image.Resampling.BICUBIC)))
         resized = [picture.resize((self.image_size, self.image_size), resample) for picture in pictures]
-        return self.processor(images=resized, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+        return self.processor(images=resized, do_resize=False, do_center_crop=False, return_tensors="pt")[
+            "pixel_values"
+        ]
 
-    def encode_images(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray],
-                      with_global: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+    def encode_images(
+        self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray], with_global: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         counts = [len(b) for b in boxes]
         with torch.no_grad():
             global_features = dense = None
@@ -91,19 +101,31 @@ class FGCLIPEmbedder:
                 global_features = self.model.get_image_features(processed)
             regions = np.zeros((0, self.model.config.projection_dim), dtype=np.float32)
             if sum(counts):
-                flat = torch.as_tensor(np.concatenate([np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]),
-                                       device=self.device)
-                index = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
-                                                torch.as_tensor(counts, device=self.device))
+                flat = torch.as_tensor(
+                    np.concatenate([np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]), device=self.device
+                )
+                index = torch.repeat_interleave(
+                    torch.arange(len(counts), device=self.device), torch.as_tensor(counts, device=self.device)
+                )
+                assert dense is not None  # computed above whenever there are boxes
                 regions = region_features(dense, flat, index).float().cpu().numpy()
-        globals_ = (global_features.float().cpu().numpy() if global_features is not None
-                    else np.zeros((len(images), 0), dtype=np.float32))
+        globals_ = (
+            global_features.float().cpu().numpy()
+            if global_features is not None
+            else np.zeros((len(images), 0), dtype=np.float32)
+        )
         return globals_, np.split(regions, np.cumsum(counts)[:-1])
 
     def encode_texts(self, texts: Sequence[str], long: bool) -> np.ndarray:
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
-                                max_length=self.long_length if long else self.short_length)
+        tokens = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+            max_length=self.long_length if long else self.short_length,
+        )
         with torch.no_grad():
-            features = self.model.get_text_features(tokens["input_ids"].to(self.device),
-                                                    tokens["attention_mask"].to(self.device), long=long)
+            features = self.model.get_text_features(
+                tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), long=long
+            )
         return features.float().cpu().numpy()

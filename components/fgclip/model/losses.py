@@ -45,7 +45,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, local: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.rows = dist.get_rank(), local.shape[0]
+        ctx.rank, ctx.rows = dist.get_rank(), local.shape[0]  # type: ignore[attr-defined]  # saved for backward
         parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, local.contiguous())
         return torch.cat(parts)
@@ -54,8 +54,8 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         summed = grad.contiguous().clone()  # all_reduce works in place
         dist.all_reduce(summed)
-        start = ctx.rank * ctx.rows
-        return summed[start : start + ctx.rows]
+        start = ctx.rank * ctx.rows  # type: ignore[attr-defined]
+        return summed[start : start + ctx.rows]  # type: ignore[attr-defined]
 
 
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def _normalise(features: torch.Tensor) -> torch.Tensor:
 
 
 def _zero_with_graph(*tensors: torch.Tensor) -> torch.Tensor:
-    return sum(tensor.sum() * 0.0 for tensor in tensors)
+    return torch.stack([tensor.sum() * 0.0 for tensor in tensors]).sum()
 
 
 def _symmetric_infonce(

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel, CLIPTextConfig
+from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers import initialization as hf_init
 from transformers.masking_utils import create_causal_mask
 from transformers.models.clip.modeling_clip import CLIPTextEmbeddings
@@ -93,11 +93,9 @@ class FGCLIPTextEmbeddings(CLIPTextEmbeddings):
         gradients (the unused rows of each table get none), without the extra memory.
         """
         kept = self.kept_positions
-        return torch.cat(
-            [self.position_embedding_ori.weight[:kept], self.position_embedding_res.weight[kept:]]
-        )
+        return torch.cat([self.position_embedding_ori.weight[:kept], self.position_embedding_res.weight[kept:]])
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         input_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -138,11 +136,11 @@ class FGCLIPModel(CLIPModel):
     def __init__(self, config: FGCLIPConfig) -> None:
         super().__init__(config)
         self.text_model.embeddings = FGCLIPTextEmbeddings(
-            config.text_config,
+            cast(CLIPTextConfig, config.text_config),
             long_length=config.long_text_max_position_embeddings,
             kept_positions=config.long_text_kept_positions,
         )
-        self.text_filip_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.text_filip_projection = nn.Linear(self.text_embed_dim, cast(int, config.projection_dim), bias=False)
         self.logit_scale_finegraind = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.logit_scale_hardneg = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
@@ -166,9 +164,33 @@ class FGCLIPModel(CLIPModel):
         """The three log inverse temperatures, by parameter name."""
         return {name: getattr(self, name) for name in TEMPERATURE_PARAMETER_NAMES}
 
+    @overload  # type: ignore[override]
     @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        output_loading_info: Literal[True],
+        **kwargs: Any,
+    ) -> tuple[FGCLIPModel, dict[str, Any]]: ...
+
+    @overload
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        output_loading_info: Literal[False] = False,
+        **kwargs: Any,
+    ) -> FGCLIPModel: ...
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        output_loading_info: bool = False,
+        **kwargs: Any,
     ) -> FGCLIPModel | tuple[FGCLIPModel, dict[str, Any]]:
         """Load a converted FG-CLIP checkpoint (ours or a published v1 one).
 
@@ -176,10 +198,8 @@ class FGCLIPModel(CLIPModel):
         parameters would silently start random: convert it with ``convert.py`` first.
         """
         kwargs.setdefault("attn_implementation", "sdpa")
-        wants_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-        )
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, loading_info = loaded
         missing = sorted(set(loading_info["missing_keys"]) & set(FGCLIP_ONLY_PARAMETER_NAMES))
         if missing:
             raise ValueError(
@@ -189,11 +209,11 @@ class FGCLIPModel(CLIPModel):
         if not model.config.long_text_positions_stretched:
             # A published v1 checkpoint: its long tables are trained, not to be stretched.
             model.config.long_text_positions_stretched = True
-        return (model, loading_info) if wants_loading_info else model
+        return (model, loading_info) if output_loading_info else model
 
     # ----------------------------------------------------------------- text tower
 
-    def get_text_features(  # type: ignore[override]
+    def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -229,10 +249,10 @@ class FGCLIPModel(CLIPModel):
         A row without any EOS (a truncating tokenizer that dropped it) falls back to its
         last attended token instead of silently pooling at position 0.
         """
-        eos_token_id = self.config.text_config.eos_token_id
+        eos_token_id = cast(CLIPTextConfig, self.config.text_config).eos_token_id
         if eos_token_id == _LEGACY_EOS_TOKEN_ID:
             return input_ids.to(torch.int).argmax(dim=-1)
-        is_eos = input_ids == eos_token_id
+        is_eos = torch.eq(input_ids, cast(int, eos_token_id))
         first_eos = is_eos.int().argmax(dim=-1)
         if attention_mask is None:
             last_token = torch.full_like(first_eos, input_ids.shape[-1] - 1)
@@ -242,7 +262,7 @@ class FGCLIPModel(CLIPModel):
 
     # --------------------------------------------------------------- vision tower
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected global image features (B, P) from the CLS token."""
         return self.get_image_and_dense_features(pixel_values, with_dense=False)[0]
 
@@ -274,10 +294,10 @@ class FGCLIPModel(CLIPModel):
     def _dense_from_last_block_input(self, last_block_input: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         vision = self.vision_model
         patch_tokens = value_path_block(vision.encoder.layers[-1], last_block_input)
-        grid = patch_grid_size(pixel_values, self.config.vision_config.patch_size)
+        grid = patch_grid_size(pixel_values, cast(int, cast(CLIPVisionConfig, self.config.vision_config).patch_size))
         return dense_patch_features(patch_tokens, vision.post_layernorm, self.visual_projection, grid)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
@@ -294,9 +314,7 @@ class FGCLIPModel(CLIPModel):
         return FGCLIPOutput(image_features=image_features, text_features=text_features, dense_features=dense_features)
 
 
-def trim_to_longest(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def trim_to_longest(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the padding columns that no row of the batch uses.
 
     Exact for pooled features: under the causal mask nothing after a row's EOS can
@@ -313,7 +331,8 @@ def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
     contrastive objective; biases, LayerNorm weights and CLS embeddings (all < 2-D)
     are excluded as usual. Frozen parameters are left out.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue

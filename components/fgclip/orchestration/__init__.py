@@ -3,11 +3,14 @@
 - pipeline.py: dvc.yaml -> ordered stage specs (the one definition of every command),
   the project (workspace, params, pipeline), shard groups for the fan-out.
 - form.py: the trigger form's fields, from the typed config.
-- runtime.py: where a stage command runs: a subprocess on the worker (`local`) or a pod on
-  a node-pool preset (`kubernetes`, built by kubernetes.py).
-- dataset.py: dataset versions with DVC (commit, push, version record, checkout).
-- tasks.py: the control tasks and the dataset Asset the DAG files in dags/ are wired from.
+- process.py: a stage command run as a plain subprocess (the `local` runtime).
+- kubernetes.py, trainjob.py: the `kubernetes` runtime: a component's pod on its node-pool
+  preset; multi-node training as a Kubeflow Trainer TrainJob and its operator.
+- dataset.py: dataset versions with DVC (commit, push, version record, checkout);
+  control.py: the control steps (`python -m fgclip.orchestration.control`).
+- tasks/: the Airflow task builders the DAG files in dags/ are wired from (stage tasks on
+  either runtime, control tasks, the dataset Asset).
 
-Nothing here imports Airflow at module level: the package loads without it, and only the
-DAG files and the task factories need it.
+Only tasks/, kubernetes.py and trainjob.py import Airflow; the rest loads without it
+(the control pods and `dvc repro` need no Airflow).
 """

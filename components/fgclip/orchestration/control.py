@@ -15,10 +15,9 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from io import StringIO
 from pathlib import Path
 from typing import Any
-
-from io import StringIO
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
@@ -29,8 +28,15 @@ from fgclip.core.tracking import tracking_uri
 from fgclip.errors import ExitCode
 from fgclip.orchestration.dataset import DatasetError, checkout_version
 from fgclip.orchestration.dataset import publish as publish_dataset
-from fgclip.orchestration.pipeline import (PARAMS_FILE, PipelineError, Project, group_label, list_shard_names,
-                                           load_project, shard_groups)
+from fgclip.orchestration.pipeline import (
+    PARAMS_FILE,
+    PipelineError,
+    Project,
+    group_label,
+    list_shard_names,
+    load_project,
+    shard_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +110,12 @@ def publish(project: Project, values: Mapping[str, Any] | None = None) -> dict[s
         record = publish_dataset(project)
     except DatasetError as error:
         raise ControlError(str(error)) from error
-    return {"version": record["version"], "record": record["record"], "remote": record["remote"],
-            "outs": record["outs"]}
+    return {
+        "version": record["version"],
+        "record": record["record"],
+        "remote": record["remote"],
+        "outs": record["outs"],
+    }
 
 
 def checkout(project: Project, version: str) -> dict[str, Any]:
@@ -128,8 +138,8 @@ def _tracking_uri(project: Project) -> str:
     sqlite path is relative to it)."""
     uri = tracking_uri(project.params.tracking)
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
-        return prefix + str(project.root / uri[len(prefix):])
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return prefix + str(project.root / uri[len(prefix) :])
     return uri
 
 
@@ -139,8 +149,10 @@ def decision(project: Project, dataset_version: str | None = None) -> dict[str, 
     stage = project.pipeline.stage(register_stage(project))
     relative = stage.option(DECISION_FILE_FLAG)
     if relative is None:
-        raise ControlError(f"stage {stage.name} has no {DECISION_FILE_FLAG} in its command: the gate cannot read "
-                           "the registry's decision")
+        raise ControlError(
+            f"stage {stage.name} has no {DECISION_FILE_FLAG} in its command: the gate cannot read "
+            "the registry's decision"
+        )
     path = project.root / relative
     if not path.is_file():
         raise ControlError(f"the {stage.name} stage wrote no decision file {path}")
@@ -150,9 +162,16 @@ def decision(project: Project, dataset_version: str | None = None) -> dict[str, 
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=_tracking_uri(project)).set_model_version_tag(
-            result["name"], str(result["version"]), DATASET_VERSION_TAG, dataset_version)
-    log.info("%s v%s: %s (%s); champion: v%s", result["name"], result["version"], result["decision"],
-             result["reason"], result["champion_after"])
+            result["name"], str(result["version"]), DATASET_VERSION_TAG, dataset_version
+        )
+    log.info(
+        "%s v%s: %s (%s); champion: v%s",
+        result["name"],
+        result["version"],
+        result["decision"],
+        result["reason"],
+        result["champion_after"],
+    )
     keep = ("name", "version", "decision", "promoted", "reason", "champion_before", "champion_after", "model_uri")
     return {**{key: result.get(key) for key in keep}, "dataset_version": dataset_version}
 
@@ -165,10 +184,13 @@ def _optional_int(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fgclip.orchestration.control", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fgclip.orchestration.control", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--workspace", default=".", help="the DVC project (default: the working directory)")
-    parser.add_argument("--xcom-file", default=None, metavar="FILE",
-                        help=f"also write the result here (a pod: {POD_XCOM_FILE})")
+    parser.add_argument(
+        "--xcom-file", default=None, metavar="FILE", help=f"also write the result here (a pod: {POD_XCOM_FILE})"
+    )
     sub = parser.add_subparsers(dest="step", required=True)
     groups = sub.add_parser("shard-groups", help="split the shard source into the fan-out's groups")
     groups.add_argument("--first", type=_optional_int, default=None)
@@ -176,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     params = sub.add_parser("apply-params", help="write --set values into params.yaml")
     pub = sub.add_parser("publish", help="dvc commit + push the data stages; record the dataset version")
     for child in (params, pub):
-        child.add_argument("--set", dest="values", action="append", default=[], type=parse_override,
-                           metavar="SECTION.KEY=VALUE")
+        child.add_argument(
+            "--set", dest="values", action="append", default=[], type=parse_override, metavar="SECTION.KEY=VALUE"
+        )
     out = sub.add_parser("checkout", help="check a dataset version out of the DVC remote")
     out.add_argument("version")
     gate = sub.add_parser("decision", help="read the registry's promotion decision")

@@ -5,8 +5,8 @@ exactly what `dvc repro` would have recorded), pushes them to the configured rem
 folder on the embedded default, s3://... on a cluster) and writes a small version record
 next to them: `<remote>/versions/<version>.json`, holding the dvc.lock entries of the data
 stages. The version id is a digest of the DVC hashes of the data outputs (every data
-stage's but the QC gate's reports), so the same shards always get the same id. Any machine with the remote can check a version out
-again (`checkout_version`: the record's lock entries + `dvc pull`).
+stage's but the QC gate's reports), so the same shards always get the same id. Any machine
+with the remote can check a version out again (`checkout_version`: the record's lock entries + `dvc pull`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import json
 import logging
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fgclip.core.storage import is_s3, read_text, s3_settings, write_text_atomic
 from fgclip.orchestration.pipeline import Project, StageSpec
 from fgclip.orchestration.process import CommandResult, StageFailed, command_env, resolve_program, run_command
-from fgclip.core.storage import is_s3, read_text, s3_settings, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class DatasetError(RuntimeError):
 
 def dvc(project: Project, *args: str) -> CommandResult:
     """Run one `dvc` command in the project, its output in the task log."""
-    return run_command(["dvc", *args], cwd=project.root, env=command_env(project.settings),
-                       kill_grace_s=project.settings.kill_grace_s)
+    return run_command(
+        ["dvc", *args], cwd=project.root, env=command_env(project.settings), kill_grace_s=project.settings.kill_grace_s
+    )
 
 
 def _read_lock(project: Project) -> dict[str, Any]:
@@ -75,14 +76,22 @@ def ensure_remote(project: Project) -> str:
 
 
 def _configured_remote(project: Project, name: str) -> str:
-    result = subprocess.run(resolve_program(["dvc", "remote", "list"]), cwd=project.root, capture_output=True,
-                            text=True, env=command_env(project.settings), check=False)
+    result = subprocess.run(
+        resolve_program(["dvc", "remote", "list"]),
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env=command_env(project.settings),
+        check=False,
+    )
     for line in result.stdout.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == name:
             return parts[1]
-    raise DatasetError(f"no DVC remote {name!r} is configured in {project.root} and orchestration.dvc_remote_url "
-                       f"is null: set FGCLIP_DVC_REMOTE_URL (e.g. s3://bucket/dvc) or run `dvc remote add {name} URL`")
+    raise DatasetError(
+        f"no DVC remote {name!r} is configured in {project.root} and orchestration.dvc_remote_url "
+        f"is null: set FGCLIP_DVC_REMOTE_URL (e.g. s3://bucket/dvc) or run `dvc remote add {name} URL`"
+    )
 
 
 def _dataset_paths(project: Project) -> list[str]:
@@ -136,7 +145,7 @@ def publish(project: Project) -> dict[str, Any]:
     record = {
         "schema": RECORD_SCHEMA,
         "version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "outs": outs,
         "remote": remote,
         "lock": {"schema": lock.get("schema"), "stages": {name: lock["stages"][name] for name in names}},
@@ -161,8 +170,10 @@ def checkout_version(project: Project, version: str) -> dict[str, Any]:
     try:
         record = json.loads(read_text(where))
     except FileNotFoundError as error:
-        raise DatasetError(f"dataset version {version} was never published to {remote} (no {where}); "
-                           f"run the data build DAG, or pick a version listed under {remote}/{VERSIONS_FOLDER}/") from error
+        raise DatasetError(
+            f"dataset version {version} was never published to {remote} (no {where}); "
+            f"run the data build DAG, or pick a version listed under {remote}/{VERSIONS_FOLDER}/"
+        ) from error
     lock = _read_lock(project) or {"schema": record["lock"].get("schema") or "2.0"}
     lock.setdefault("stages", {}).update(record["lock"]["stages"])
     write_text_atomic(project.root / LOCK_FILE, yaml.safe_dump(lock, sort_keys=False))
@@ -172,6 +183,8 @@ def checkout_version(project: Project, version: str) -> dict[str, Any]:
         raise DatasetError(f"could not pull dataset {version} from {remote}: {error}") from error
     current = current_version(project)
     if current is None or current[0] != version:
-        raise DatasetError(f"after checking out {version} the workspace records {current and current[0]}: the data "
-                           f"stages in dvc.yaml write other outputs than when {version} was published")
+        raise DatasetError(
+            f"after checking out {version} the workspace records {current and current[0]}: the data "
+            f"stages in dvc.yaml write other outputs than when {version} was published"
+        )
     return {"version": version, "outs": current[1], "pulled": True}

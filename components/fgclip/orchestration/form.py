@@ -17,8 +17,21 @@ from fgclip.config import Params
 from fgclip.orchestration.pipeline import PipelineError
 
 # JSON schema words the Airflow form understands; the rest of pydantic's output is noise there.
-_SCHEMA_WORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                 "minLength", "maxLength", "pattern", "items", "minItems", "maxItems", "format")
+_SCHEMA_WORDS = (
+    "type",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "items",
+    "minItems",
+    "maxItems",
+    "format",
+)
 
 
 #: The form field of the number of training nodes (the kubernetes runtime's TrainJob).
@@ -78,13 +91,16 @@ def form_fields(keys: Iterable[str], params: Params) -> dict[str, dict[str, Any]
     for key in keys:
         info = _field(key)
         annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-        schema = _simplify(TypeAdapter(annotation).json_schema())
+        schema = _simplify(TypeAdapter(annotation).json_schema())  # type: ignore[arg-type]  # a field's annotation
         name = form_name(key)
         if name in fields:
             raise PipelineError(f"form fields {key!r} and {fields[name]['title']!r} share the name {name!r}")
-        fields[name] = {"default": _value(params, key), "title": key,
-                        "description": f"params.yaml {key}" + (f": {info.description}" if info.description else ""),
-                        **schema}
+        fields[name] = {
+            "default": _value(params, key),
+            "title": key,
+            "description": f"params.yaml {key}" + (f": {info.description}" if info.description else ""),
+            **schema,
+        }
     return fields
 
 

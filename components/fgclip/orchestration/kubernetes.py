@@ -45,6 +45,7 @@ def to_dict(obj: Any) -> Any:
 
 # --- the command -------------------------------------------------------------------------
 
+
 def fgclip_arguments(argv: Sequence[str], settings: KubernetesConfig) -> list[str]:
     """The arguments after `fgclip`: the images' entrypoint is `fgclip`, so a leading
     program name is dropped, and the cluster's params.yaml (mounted from a ConfigMap) is
@@ -73,30 +74,44 @@ def workload_labels(component: str, pool: str) -> dict[str, str]:
 
 # --- pod pieces shared by component pods and training nodes ----------------------------------
 
+
 def pod_volumes(settings: KubernetesConfig, preset: PoolPreset) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
     volumes = [
         # Docker's 64 MiB /dev/shm breaks DataLoader workers and NCCL/HCCL: a RAM-backed one.
-        k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=preset.shm_size)),
-        k8s.V1Volume(name=WORKSPACE_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=settings.workspace_claim)),
+        k8s.V1Volume(
+            name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=preset.shm_size)
+        ),
+        k8s.V1Volume(
+            name=WORKSPACE_VOLUME,
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.workspace_claim),
+        ),
     ]
     mounts = [
         k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
         k8s.V1VolumeMount(name=WORKSPACE_VOLUME, mount_path=settings.workspace_path),
     ]
     if settings.params_configmap:
-        volumes.append(k8s.V1Volume(name=PARAMS_VOLUME, config_map=k8s.V1ConfigMapVolumeSource(
-            name=settings.params_configmap, items=[k8s.V1KeyToPath(key=PARAMS_KEY, path=PARAMS_KEY)])))
+        volumes.append(
+            k8s.V1Volume(
+                name=PARAMS_VOLUME,
+                config_map=k8s.V1ConfigMapVolumeSource(
+                    name=settings.params_configmap, items=[k8s.V1KeyToPath(key=PARAMS_KEY, path=PARAMS_KEY)]
+                ),
+            )
+        )
         mounts.append(k8s.V1VolumeMount(name=PARAMS_VOLUME, mount_path=settings.params_mount_path, read_only=True))
     for mount in preset.host_mounts:
-        volumes.append(k8s.V1Volume(name=mount.name, host_path=k8s.V1HostPathVolumeSource(
-            path=mount.host_path, type=mount.type)))
+        volumes.append(
+            k8s.V1Volume(name=mount.name, host_path=k8s.V1HostPathVolumeSource(path=mount.host_path, type=mount.type))
+        )
         mounts.append(k8s.V1VolumeMount(name=mount.name, mount_path=mount.mount_path, read_only=True))
     return volumes, mounts
 
 
 def pod_tolerations(preset: PoolPreset) -> list[k8s.V1Toleration]:
-    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect) for t in preset.tolerations]
+    return [
+        k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect) for t in preset.tolerations
+    ]
 
 
 def pod_resources(preset: PoolPreset, *, accelerators: int, cpu: str, memory: str) -> k8s.V1ResourceRequirements:
@@ -114,15 +129,20 @@ def pod_env(preset: PoolPreset) -> list[k8s.V1EnvVar]:
 
 def pod_env_from(settings: KubernetesConfig) -> list[k8s.V1EnvFromSource]:
     # Not optional: a missing ConfigMap or Secret stops the pod at start, loudly.
-    return ([k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=name)) for name in settings.env_configmaps]
-            + [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in settings.env_secrets])
+    return [
+        k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=name)) for name in settings.env_configmaps
+    ] + [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in settings.env_secrets]
 
 
 def pod_security(settings: KubernetesConfig) -> k8s.V1PodSecurityContext:
     # Together with the container context this meets the 'restricted' Pod Security Standard.
-    return k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=settings.run_as_user,
-                                    run_as_group=settings.run_as_user, fs_group=settings.run_as_user,
-                                    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"))
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=settings.run_as_user,
+        run_as_group=settings.run_as_user,
+        fs_group=settings.run_as_user,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
 
 
 def container_security() -> k8s.V1SecurityContext:
@@ -130,6 +150,7 @@ def container_security() -> k8s.V1SecurityContext:
 
 
 # --- component pods --------------------------------------------------------------------------
+
 
 def pod_operator_kwargs(component: str, argv: Sequence[str], settings: KubernetesConfig) -> dict[str, Any]:
     """KubernetesPodOperator keyword arguments (all but task_id) for one component command."""
@@ -144,8 +165,9 @@ def pod_operator_kwargs(component: str, argv: Sequence[str], settings: Kubernete
         "image_pull_policy": settings.image_pull_policy,
         "arguments": fgclip_arguments(argv, settings),
         "labels": workload_labels(component, pool),
-        "container_resources": pod_resources(preset, accelerators=preset.accelerators_per_pod,
-                                          cpu=preset.cpu, memory=preset.memory),
+        "container_resources": pod_resources(
+            preset, accelerators=preset.accelerators_per_pod, cpu=preset.cpu, memory=preset.memory
+        ),
         "node_selector": dict(preset.node_selector),
         "tolerations": pod_tolerations(preset),
         "volumes": volumes,
@@ -185,7 +207,11 @@ def build_pod_spec(component: str, argv: Sequence[str], settings: KubernetesConf
     with tempfile.TemporaryDirectory(prefix="fgclip-kubeconfig-") as folder:
         config_file = Path(folder) / "config"
         config_file.write_text(_OFFLINE_KUBECONFIG)
-        operator = KubernetesPodOperator(task_id=f"build-{resource_name(component)}", in_cluster=False,
-                                         config_file=str(config_file), **pod_operator_kwargs(component, argv, settings))
+        operator = KubernetesPodOperator(
+            task_id=f"build-{resource_name(component)}",
+            in_cluster=False,
+            config_file=str(config_file),
+            **pod_operator_kwargs(component, argv, settings),
+        )
         pod = operator.build_pod_request_obj()
     return to_dict(pod)

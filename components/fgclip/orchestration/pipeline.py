@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from fgclip.core.storage import list_files
 from fgclip.config import Params, load_params
+from fgclip.core.storage import list_files
 from fgclip.orchestration.config import OrchestrationConfig
 
 DVC_FILE = "dvc.yaml"
@@ -139,7 +139,7 @@ def _paths(entries: Iterable[Any] | None) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(entry, str):
             out.append((entry, {}))
         elif isinstance(entry, Mapping) and len(entry) == 1:
-            (path, options), = entry.items()
+            ((path, options),) = entry.items()
             out.append((str(path), dict(options or {})))
         else:
             raise PipelineError(f"cannot read the dvc.yaml path entry {entry!r}")
@@ -172,8 +172,10 @@ def _read_stage(name: str, body: Any, fan_out: Sequence[str]) -> StageSpec:
         raise PipelineError(f"stage {name}: expected a mapping, got {body!r}")
     unknown = set(body) - KNOWN_STAGE_KEYS
     if unknown:
-        raise PipelineError(f"stage {name}: dvc.yaml keys {sorted(unknown)} are not supported by the DAGs "
-                            f"(supported: {sorted(KNOWN_STAGE_KEYS)})")
+        raise PipelineError(
+            f"stage {name}: dvc.yaml keys {sorted(unknown)} are not supported by the DAGs "
+            f"(supported: {sorted(KNOWN_STAGE_KEYS)})"
+        )
     cmd = body.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         raise PipelineError(f"stage {name}: cmd must be one command (a string); the DAGs run it as one task")
@@ -197,6 +199,7 @@ def _substitute(value: Any, key: Any, item: Any, where: str) -> Any:
     """A foreach body with ${item}, ${item.field} and ${key} filled in (keys of path
     mappings too); any other ${...} is refused: the DAGs do not resolve DVC vars."""
     if isinstance(value, str):
+
         def fill(match: re.Match[str]) -> str:
             node = key if match.group(1) == "key" else item
             for part in filter(None, match.group(2).split(".")):
@@ -224,9 +227,11 @@ def _expand(name: str, body: Any) -> list[tuple[str, Any]]:
     extra = set(body) - {"foreach", "do"}
     items = body.get("foreach")
     if extra or "do" not in body or isinstance(items, str):
-        raise PipelineError(f"stage {name}: only a literal `foreach` list or mapping with a `do` body is supported "
-                            "by the DAGs (no vars, no extra keys)")
-    pairs = list(items.items()) if isinstance(items, Mapping) else list(enumerate(items))
+        raise PipelineError(
+            f"stage {name}: only a literal `foreach` list or mapping with a `do` body is supported "
+            "by the DAGs (no vars, no extra keys)"
+        )
+    pairs = list(items.items()) if isinstance(items, Mapping) else list(enumerate(items or ()))
     stages = []
     for key, item in pairs:
         suffix = key if isinstance(items, Mapping) or isinstance(item, (Mapping, list)) else item
@@ -238,8 +243,12 @@ def _expand(name: str, body: Any) -> list[tuple[str, Any]]:
 def _order(stages: list[StageSpec]) -> tuple[list[StageSpec], dict[str, frozenset[str]]]:
     """Topological order over out -> dep edges, keeping file order among ready stages."""
     upstream = {
-        stage.name: frozenset(other.name for other in stages if other is not stage
-                              and any(_inside(dep, out) or _inside(out, dep) for dep in stage.deps for out in other.outs))
+        stage.name: frozenset(
+            other.name
+            for other in stages
+            if other is not stage
+            and any(_inside(dep, out) or _inside(out, dep) for dep in stage.deps for out in other.outs)
+        )
         for stage in stages
     }
     ordered: list[StageSpec] = []
@@ -260,7 +269,9 @@ def load_pipeline(root: str | Path, fan_out: Sequence[str] = ()) -> Pipeline:
         raise PipelineError(f"no {DVC_FILE} in {root}")
     document = yaml.safe_load(path.read_text()) or {}
     if set(document) - {"stages"}:
-        raise PipelineError(f"{path}: top-level keys {sorted(set(document) - {'stages'})} are not supported by the DAGs")
+        raise PipelineError(
+            f"{path}: top-level keys {sorted(set(document) - {'stages'})} are not supported by the DAGs"
+        )
     raw = document.get("stages") or {}
     missing = sorted(set(fan_out) - set(raw))
     if missing:
@@ -311,15 +322,18 @@ def load_project(root: str | Path) -> Project:
     params = load_params(root / PARAMS_FILE)
     runtime = os.environ.get("FGCLIP_RUNTIME")
     if runtime:
-        params = params.model_copy(update={"orchestration": params.orchestration.model_copy(update={"runtime": runtime})})
+        params = params.model_copy(
+            update={"orchestration": params.orchestration.model_copy(update={"runtime": runtime})}
+        )
         OrchestrationConfig.model_validate(params.orchestration.model_dump())  # a bad FGCLIP_RUNTIME fails here
     pipeline = load_pipeline(root, params.orchestration.fan_out)
     project = Project(root, params, pipeline)
     data = {stage.name for stage in project.data_stages()}
     outside = sorted(set(params.orchestration.fan_out) - data)
     if outside:
-        raise PipelineError(f"orchestration.fan_out stages {outside} are not data stages (up to "
-                            f"{params.orchestration.data_last_stage})")
+        raise PipelineError(
+            f"orchestration.fan_out stages {outside} are not data stages (up to {params.orchestration.data_last_stage})"
+        )
     return project
 
 
@@ -331,20 +345,22 @@ def list_shard_names(folder: str | Path) -> list[str]:
     return sorted(name[: -len(SHARD_SUFFIX)] for name in list_files(folder, SHARD_SUFFIX) if "/" not in name)
 
 
-def shard_groups(shards: Sequence[str], group_size: int, first: int | None = None,
-                 last: int | None = None) -> list[list[str]]:
+def shard_groups(
+    shards: Sequence[str], group_size: int, first: int | None = None, last: int | None = None
+) -> list[list[str]]:
     """Consecutive groups of `group_size` shards, of those numbered first..last (inclusive)."""
     if group_size < 1:
         raise PipelineError("the shard group size must be >= 1")
     if first is not None and last is not None and first > last:
         raise PipelineError(f"shard range {first}..{last} is empty: the first shard comes after the last")
-    chosen = [name for name in shards
-              if (first is None or int(name) >= first) and (last is None or int(name) <= last)]
+    chosen = [name for name in shards if (first is None or int(name) >= first) and (last is None or int(name) <= last)]
     if not chosen:
-        raise PipelineError(f"no shards in range {first if first is not None else 'start'}.."
-                            f"{last if last is not None else 'end'} among {len(shards)} shards "
-                            f"({shards[0] + '..' + shards[-1] if shards else 'none at all'})")
-    return [chosen[i:i + group_size] for i in range(0, len(chosen), group_size)]
+        raise PipelineError(
+            f"no shards in range {first if first is not None else 'start'}.."
+            f"{last if last is not None else 'end'} among {len(shards)} shards "
+            f"({shards[0] + '..' + shards[-1] if shards else 'none at all'})"
+        )
+    return [chosen[i : i + group_size] for i in range(0, len(chosen), group_size)]
 
 
 def group_label(shards: Sequence[str]) -> str:

@@ -58,8 +58,12 @@ def resolve_program(argv: Sequence[str]) -> list[str]:
     beside = Path(sys.executable).parent / program
     if beside.is_file() and os.access(beside, os.X_OK):
         return [str(beside), *argv[1:]]
-    raise StageFailed(f"{program!r} is not on PATH nor in {beside.parent}; install the project "
-                      f"(pip install -e .) in the Airflow worker's environment", 127, retryable=False)
+    raise StageFailed(
+        f"{program!r} is not on PATH nor in {beside.parent}; install the project "
+        f"(pip install -e .) in the Airflow worker's environment",
+        127,
+        retryable=False,
+    )
 
 
 def command_env(settings: OrchestrationConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -102,8 +106,14 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
             continue
 
 
-def run_command(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] | None = None,
-                kill_grace_s: float = 10.0, logger: logging.Logger | None = None) -> CommandResult:
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: str | Path,
+    env: Mapping[str, str] | None = None,
+    kill_grace_s: float = 10.0,
+    logger: logging.Logger | None = None,
+) -> CommandResult:
     """Run argv in `cwd`, logging every output line (progress-bar updates included) as it
     comes; raise StageFailed with the last lines when it exits non-zero.
 
@@ -115,12 +125,19 @@ def run_command(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] 
     logger.info("running in %s: %s", cwd, shown)
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=FAILURE_TAIL_LINES)
-    process = subprocess.Popen(argv, cwd=cwd, env=dict(env) if env is not None else None, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert process.stdout is not None
         pending = b""
-        while chunk := process.stdout.read1(1 << 16):
+        while chunk := process.stdout.read1(1 << 16):  # type: ignore[attr-defined]  # a BufferedReader
             # a progress bar redraws with '\r': each redraw becomes one log line
             *lines, pending = (pending + chunk).replace(b"\r", b"\n").split(b"\n")
             for raw in lines:
@@ -139,8 +156,11 @@ def run_command(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] 
         raise StageFailed(
             f"{shown} exited with code {returncode} after {seconds:.1f} s"
             + (" (a user error or a failed gate: not retried)" if returncode in NOT_RETRYABLE else "")
-            + ". Last output:\n" + "\n".join(tail),
-            returncode, retryable=returncode not in NOT_RETRYABLE)
+            + ". Last output:\n"
+            + "\n".join(tail),
+            returncode,
+            retryable=returncode not in NOT_RETRYABLE,
+        )
     logger.info("finished in %.1f s: %s", seconds, shown)
     return CommandResult(list(argv), returncode, seconds)
 
@@ -148,7 +168,7 @@ def run_command(argv: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] 
 def run_stage_locally(project: Project, stage: StageSpec, shards: Sequence[str] | None = None) -> dict[str, Any]:
     """Run one stage (or one shard group of a fanned-out stage) in the project folder."""
     argv = stage.command(list(shards) if shards else None)
-    result = run_command(argv, cwd=project.root, env=command_env(project.settings),
-                         kill_grace_s=project.settings.kill_grace_s)
-    return {"stage": stage.name, **({"shards": list(shards)} if shards else {}), **result.as_dict(),
-            "cmd": argv}
+    result = run_command(
+        argv, cwd=project.root, env=command_env(project.settings), kill_grace_s=project.settings.kill_grace_s
+    )
+    return {"stage": stage.name, **({"shards": list(shards)} if shards else {}), **result.as_dict(), "cmd": argv}

@@ -18,9 +18,20 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client.exceptions import ApiException
 
 from fgclip.orchestration.config import KubernetesConfig, TrainerSettings
-from fgclip.orchestration.kubernetes import (DNS_LABEL, DNS_LABEL_MAX, PROGRAM, container_security, fgclip_arguments,
-                                             pod_env, pod_resources, pod_security, pod_tolerations,
-                                             pod_volumes, to_dict, workload_labels)
+from fgclip.orchestration.kubernetes import (
+    DNS_LABEL,
+    DNS_LABEL_MAX,
+    PROGRAM,
+    container_security,
+    fgclip_arguments,
+    pod_env,
+    pod_resources,
+    pod_security,
+    pod_tolerations,
+    pod_volumes,
+    to_dict,
+    workload_labels,
+)
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 TRAINER_VERSION = "v1alpha1"
@@ -30,6 +41,7 @@ TRAINER_NODE = "node"
 # JobSet (which the TrainJob becomes) labels every pod with its name == the TrainJob's.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 _TRAINER_DEFAULTS = TrainerSettings()
+
 
 def training_component(argv: Sequence[str]) -> str:
     """`fgclip train --stage 2 ...` -> `train_stage2`."""
@@ -46,8 +58,9 @@ def training_component(argv: Sequence[str]) -> str:
     return f"train_stage{stage}"
 
 
-def trainjob_manifest(argv: Sequence[str], settings: KubernetesConfig, num_nodes: int, name: str,
-                      *, component: str | None = None) -> dict[str, Any]:
+def trainjob_manifest(
+    argv: Sequence[str], settings: KubernetesConfig, num_nodes: int, name: str, *, component: str | None = None
+) -> dict[str, Any]:
     """A Kubeflow Trainer v2 TrainJob running `torchrun -m fgclip.cli ... train ...` on
     `num_nodes` nodes of the training component's pool.
 
@@ -75,8 +88,9 @@ def trainjob_manifest(argv: Sequence[str], settings: KubernetesConfig, num_nodes
         "tolerations": to_dict(pod_tolerations(preset)),
         "volumes": to_dict(volumes),
         "securityContext": to_dict(pod_security(settings)),
-        "containers": [{"name": TRAINER_NODE, "volumeMounts": to_dict(mounts),
-                        "securityContext": to_dict(container_security())}],
+        "containers": [
+            {"name": TRAINER_NODE, "volumeMounts": to_dict(mounts), "securityContext": to_dict(container_security())}
+        ],
     }
     return {
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
@@ -92,16 +106,36 @@ def trainjob_manifest(argv: Sequence[str], settings: KubernetesConfig, num_nodes
                 "env": to_dict(pod_env(preset)),
                 "numNodes": num_nodes,
                 "numProcPerNode": procs,
-                "resourcesPerNode": to_dict(pod_resources(preset, accelerators=procs if preset.accelerator_resource else 0,
-                                                       cpu=trainer.cpu_per_node, memory=trainer.memory_per_node)),
+                "resourcesPerNode": to_dict(
+                    pod_resources(
+                        preset,
+                        accelerators=procs if preset.accelerator_resource else 0,
+                        cpu=trainer.cpu_per_node,
+                        memory=trainer.memory_per_node,
+                    )
+                ),
             },
-            "runtimePatches": [{
-                "manager": trainer.patch_manager,
-                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
-                    "name": TRAINER_NODE,
-                    "template": {"spec": {"template": {"metadata": {"labels": labels}, "spec": pod_spec_patch}}},
-                }]}}},
-            }],
+            "runtimePatches": [
+                {
+                    "manager": trainer.patch_manager,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": TRAINER_NODE,
+                                        "template": {
+                                            "spec": {
+                                                "template": {"metadata": {"labels": labels}, "spec": pod_spec_patch}
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
         },
     }
 
@@ -125,8 +159,10 @@ def trainjob_verdict(trainjob: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def logs_command(namespace: str, name: str) -> str:
-    return (f"kubectl logs -n {namespace} -l {JOBSET_NAME_LABEL}={name} -c {TRAINER_NODE} "
-            "--prefix --tail=-1 --max-log-requests=64")
+    return (
+        f"kubectl logs -n {namespace} -l {JOBSET_NAME_LABEL}={name} -c {TRAINER_NODE} "
+        "--prefix --tail=-1 --max-log-requests=64"
+    )
 
 
 class TrainJobOperator(BaseOperator):
@@ -143,11 +179,19 @@ class TrainJobOperator(BaseOperator):
 
     template_fields = ("manifest", "num_nodes")
 
-    def __init__(self, *, manifest: dict[str, Any], kubernetes_conn_id: str = "kubernetes_default",
-                 poll_interval_s: float = _TRAINER_DEFAULTS.poll_interval_s,
-                 timeout_s: float = _TRAINER_DEFAULTS.timeout_s,
-                 log_tail_lines: int = _TRAINER_DEFAULTS.log_tail_lines, num_nodes: int | str | None = None,
-                 custom_objects_api: Any = None, core_api: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        manifest: dict[str, Any],
+        kubernetes_conn_id: str = "kubernetes_default",
+        poll_interval_s: float = _TRAINER_DEFAULTS.poll_interval_s,
+        timeout_s: float = _TRAINER_DEFAULTS.timeout_s,
+        log_tail_lines: int = _TRAINER_DEFAULTS.log_tail_lines,
+        num_nodes: int | str | None = None,
+        custom_objects_api: Any = None,
+        core_api: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.manifest = manifest
         self.num_nodes = num_nodes
@@ -159,15 +203,29 @@ class TrainJobOperator(BaseOperator):
         self._core_api = core_api
 
     @classmethod
-    def for_command(cls, *, task_id: str, argv: Sequence[str], settings: KubernetesConfig, num_nodes: int | str,
-                    name: str, **kwargs: Any) -> "TrainJobOperator":
+    def for_command(
+        cls,
+        *,
+        task_id: str,
+        argv: Sequence[str],
+        settings: KubernetesConfig,
+        num_nodes: int | str,
+        name: str,
+        **kwargs: Any,
+    ) -> TrainJobOperator:
         """The operator for one `fgclip train` command, with the trainer settings' timing;
         `num_nodes` may be a template, rendered when the task runs."""
         trainer = settings.trainer
         planned = num_nodes if isinstance(num_nodes, int) else trainer.num_nodes
-        return cls(task_id=task_id, manifest=trainjob_manifest(argv, settings, planned, name),
-                   num_nodes=num_nodes, poll_interval_s=trainer.poll_interval_s, timeout_s=trainer.timeout_s,
-                   log_tail_lines=trainer.log_tail_lines, **kwargs)
+        return cls(
+            task_id=task_id,
+            manifest=trainjob_manifest(argv, settings, planned, name),
+            num_nodes=num_nodes,
+            poll_interval_s=trainer.poll_interval_s,
+            timeout_s=trainer.timeout_s,
+            log_tail_lines=trainer.log_tail_lines,
+            **kwargs,
+        )
 
     # -- clients (injected in tests; the cncf provider's hook on a cluster)
     def _hook(self):
@@ -196,8 +254,12 @@ class TrainJobOperator(BaseOperator):
         return self.manifest["metadata"]["namespace"]
 
     def _api_args(self) -> dict[str, str]:
-        return {"group": TRAINER_GROUP, "version": TRAINER_VERSION, "namespace": self.job_namespace,
-                "plural": TRAINJOB_PLURAL}
+        return {
+            "group": TRAINER_GROUP,
+            "version": TRAINER_VERSION,
+            "namespace": self.job_namespace,
+            "plural": TRAINJOB_PLURAL,
+        }
 
     def _apply_num_nodes(self) -> None:
         if self.num_nodes is None:
@@ -223,7 +285,9 @@ class TrainJobOperator(BaseOperator):
             self.log.info("created TrainJob %s/%s", namespace, name)
         except ApiException as error:
             if error.status != 409:
-                raise AirflowException(f"could not create TrainJob {namespace}/{name}: {error.status} {error.reason}") from error
+                raise AirflowException(
+                    f"could not create TrainJob {namespace}/{name}: {error.status} {error.reason}"
+                ) from error
             self.log.info("TrainJob %s/%s already exists (an earlier try): waiting for it", namespace, name)
         self.log.info("node logs: %s", logs_command(namespace, name))
         verdict = self._wait()
@@ -246,7 +310,8 @@ class TrainJobOperator(BaseOperator):
                 self._delete("timed out")
                 raise AirflowException(
                     f"TrainJob {self.job_namespace}/{self.job_name} did not finish within {self.timeout_s:g} s; "
-                    f"deleted it. Logs (until its pods are gone): {logs_command(self.job_namespace, self.job_name)}")
+                    f"deleted it. Logs (until its pods are gone): {logs_command(self.job_namespace, self.job_name)}"
+                )
             time.sleep(min(self.poll_interval_s, remaining))
 
     def _delete(self, why: str) -> None:
@@ -255,8 +320,13 @@ class TrainJobOperator(BaseOperator):
             self.custom_objects.delete_namespaced_custom_object(name=self.job_name, **self._api_args())
         except ApiException as error:
             if error.status != 404:
-                self.log.error("could not delete TrainJob %s/%s: %s %s; delete it by hand",
-                               self.job_namespace, self.job_name, error.status, error.reason)
+                self.log.error(
+                    "could not delete TrainJob %s/%s: %s %s; delete it by hand",
+                    self.job_namespace,
+                    self.job_name,
+                    error.status,
+                    error.reason,
+                )
 
     def _copy_node_logs(self) -> None:
         if not self.log_tail_lines:
@@ -265,13 +335,21 @@ class TrainJobOperator(BaseOperator):
         try:
             pods = self.core.list_namespaced_pod(namespace=self.job_namespace, label_selector=selector).items
             for pod in sorted(pods, key=lambda item: item.metadata.name):
-                text = self.core.read_namespaced_pod_log(name=pod.metadata.name, namespace=self.job_namespace,
-                                                         container=TRAINER_NODE, tail_lines=self.log_tail_lines)
+                text = self.core.read_namespaced_pod_log(
+                    name=pod.metadata.name,
+                    namespace=self.job_namespace,
+                    container=TRAINER_NODE,
+                    tail_lines=self.log_tail_lines,
+                )
                 self.log.info("---- last %d log lines of %s ----\n%s", self.log_tail_lines, pod.metadata.name, text)
         except ApiException as error:
             # The verdict stands either way; say where the logs are instead.
-            self.log.warning("could not read the node logs (%s %s); run: %s", error.status, error.reason,
-                             logs_command(self.job_namespace, self.job_name))
+            self.log.warning(
+                "could not read the node logs (%s %s); run: %s",
+                error.status,
+                error.reason,
+                logs_command(self.job_namespace, self.job_name),
+            )
 
     def on_kill(self) -> None:
         self._delete("task killed")

@@ -26,11 +26,16 @@ def add_arguments(parser: Any) -> None:
 
 def command(args: Any, params: Params) -> int:
     try:
-        result = register_model(args.model, args.metrics, config=params.registry, tracking=params.tracking,
-                                name=args.name, run_id=args.run_id)
+        result = register_model(
+            args.model,
+            args.metrics,
+            config=params.registry,
+            tracking=params.tracking,
+            name=args.name,
+            run_id=args.run_id,
+        )
     except RegisterError as error:
         raise ComponentError(str(error)) from error
     write_text_atomic(local_path(args.decision_out), json.dumps(result.as_dict(), indent=2, sort_keys=True) + "\n")
-    print(f"{result.name} v{result.version}: {result.decision} "
-          f"(champion: v{result.champion_after}) - {result.reason}")
+    print(f"{result.name} v{result.version}: {result.decision} (champion: v{result.champion_after}) - {result.reason}")
     return 0

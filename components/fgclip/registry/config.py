@@ -27,7 +27,7 @@ class RegisterConfig(Section):
     predict_device: str = Field("auto", description="'auto' (cuda, then Ascend npu, else cpu), or a torch device")
 
     @model_validator(mode="after")
-    def _lower_is_better_is_gated(self) -> "RegisterConfig":
+    def _lower_is_better_is_gated(self) -> RegisterConfig:
         unknown = sorted(set(self.lower_is_better) - set(self.gate))
         if unknown:  # most likely a typo: the metric would silently be judged higher-is-better
             raise ValueError(f"registry.lower_is_better names metrics that are not gated: {unknown}")

@@ -75,8 +75,10 @@ class Comparison:
             return f"{self.metric}: the champion has no value to compare with"
         sign = "<" if self.lower_is_better else ">"
         verdict = "ok" if self.passed else "FAILED"
-        return (f"{self.metric}: {self.challenger:.4f} vs champion {self.champion:.4f}, improvement "
-                f"{self.improvement:+.4f} (needs >= {self.margin:+.4f}, {sign} is better) {verdict}")
+        return (
+            f"{self.metric}: {self.challenger:.4f} vs champion {self.champion:.4f}, improvement "
+            f"{self.improvement:+.4f} (needs >= {self.margin:+.4f}, {sign} is better) {verdict}"
+        )
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,7 @@ def check_gated_metrics(metrics: Mapping[str, float], gate: Mapping[str, float])
     """A challenger must report every gated metric; otherwise nothing is registered."""
     missing = sorted(set(gate) - set(metrics))
     if missing:
-        raise RegisterError(
-            f"the challenger's metrics lack the gated metric(s) {missing}; it has {sorted(metrics)}"
-        )
+        raise RegisterError(f"the challenger's metrics lack the gated metric(s) {missing}; it has {sorted(metrics)}")
 
 
 def decide_promotion(
@@ -119,14 +119,12 @@ def decide_promotion(
             comparisons.append(Comparison(metric, challenger[metric], None, None, margin, lower, False))
             continue
         improvement = (theirs - challenger[metric]) if lower else (challenger[metric] - theirs)
-        comparisons.append(Comparison(metric, challenger[metric], theirs, improvement, margin, lower,
-                                      improvement >= margin))
+        comparisons.append(
+            Comparison(metric, challenger[metric], theirs, improvement, margin, lower, improvement >= margin)
+        )
     failed = [c for c in comparisons if not c.passed]
     details = "; ".join(c.describe() for c in comparisons)
     if failed:
         names = ", ".join(c.metric for c in failed)
         return GateDecision(DECISION_REJECTED, False, f"gate failed on {names}: {details}", comparisons)
-    return GateDecision(DECISION_PROMOTED, True, f"all {len(comparisons)} gated metrics passed: {details}",
-                        comparisons)
-
-
+    return GateDecision(DECISION_PROMOTED, True, f"all {len(comparisons)} gated metrics passed: {details}", comparisons)

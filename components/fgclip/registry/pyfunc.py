@@ -7,7 +7,7 @@ import json
 import math
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,21 @@ from fgclip.registry.gate import RegisterError
 #: Key of the Hugging Face model folder among the pyfunc model's artifacts.
 MODEL_ARTIFACT = "fgclip_model"
 #: Packages the logged model needs at load time (pinned to the versions installed here).
-MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pillow", "pandas", "numpy",
-                      "pydantic", "pyyaml", "pyarrow", "jsonschema", "tqdm")
+MODEL_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "pillow",
+    "pandas",
+    "numpy",
+    "pydantic",
+    "pyyaml",
+    "pyarrow",
+    "jsonschema",
+    "tqdm",
+)
 
 
 class FGCLIPPyfuncModel(PythonModel):
@@ -56,8 +69,10 @@ class FGCLIPPyfuncModel(PythonModel):
         both = [i for i in range(len(frame)) if texts[i] is not None and images[i] is not None]
         neither = [i for i in range(len(frame)) if texts[i] is None and images[i] is None]
         if both or neither:
-            raise ValueError(f"each row needs exactly one of 'text' or 'image'; rows with both: {both[:10]}, "
-                             f"rows with neither: {neither[:10]}")
+            raise ValueError(
+                f"each row needs exactly one of 'text' or 'image'; rows with both: {both[:10]}, "
+                f"rows with neither: {neither[:10]}"
+            )
         if len(frame) == 0:
             raise ValueError("no rows to embed")
         long = bool((params or {}).get("long", False))
@@ -67,17 +82,17 @@ class FGCLIPPyfuncModel(PythonModel):
         text_rows = [i for i, value in enumerate(texts) if value is not None]
         image_rows = [i for i, value in enumerate(images) if value is not None]
         for start in range(0, len(text_rows), batch):
-            rows = text_rows[start:start + batch]
+            rows = text_rows[start : start + batch]
             vectors_of_rows = embedder.encode_texts([str(texts[i]) for i in rows], long=long)
             for row, vector in zip(rows, vectors_of_rows):
                 vectors[row] = vector
         for start in range(0, len(image_rows), batch):
-            rows = image_rows[start:start + batch]
+            rows = image_rows[start : start + batch]
             pictures = [Image.open(io.BytesIO(bytes(images[i]))) for i in rows]
             no_boxes = [np.zeros((0, 4), dtype=np.float32)] * len(rows)
             for row, vector in zip(rows, embedder.encode_images(pictures, no_boxes)[0]):
                 vectors[row] = vector
-        out = np.stack(vectors).astype(np.float32)
+        out = np.stack(cast(list[np.ndarray], vectors)).astype(np.float32)  # every row was filled above
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, np.finfo(np.float32).tiny)
 
@@ -86,8 +101,10 @@ def _column(frame: pd.DataFrame, name: str) -> list[Any]:
     """The column's values with missing cells (absent column, None, NaN) as None."""
     if name not in frame.columns:
         return [None] * len(frame)
-    return [None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-            for value in frame[name].tolist()]
+    return [
+        None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+        for value in frame[name].tolist()
+    ]
 
 
 def embedder_signature(projection_dim: int) -> Any:
@@ -118,9 +135,9 @@ def check_model_dir(model_dir: Path) -> int:
         raise RegisterError(f"{model_dir} holds a {config.get('model_type')!r} model, not an FG-CLIP one")
     if not any(model_dir.glob("*.safetensors")) and not (model_dir / "pytorch_model.bin").exists():
         raise RegisterError(f"{model_dir} has no model weights")
-    missing = [name for name in ("tokenizer_config.json", "preprocessor_config.json") if not (model_dir / name).exists()]
+    missing = [
+        name for name in ("tokenizer_config.json", "preprocessor_config.json") if not (model_dir / name).exists()
+    ]
     if missing:  # the logged model embeds texts and images, as eval does: it needs both
         raise RegisterError(f"{model_dir} lacks {missing}: save the tokenizer and image processor beside the model")
     return int(config["projection_dim"])
-
-

@@ -16,7 +16,13 @@ from fgclip.core.config import TrackingConfig
 from fgclip.core.tracking import tracking_uri
 from fgclip.registry.config import RegisterConfig
 from fgclip.registry.gate import RegisterError, check_gated_metrics, decide_promotion, load_eval_metrics, local_file
-from fgclip.registry.pyfunc import MODEL_ARTIFACT, FGCLIPPyfuncModel, check_model_dir, embedder_signature, model_requirements
+from fgclip.registry.pyfunc import (
+    MODEL_ARTIFACT,
+    FGCLIPPyfuncModel,
+    check_model_dir,
+    embedder_signature,
+    model_requirements,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,11 @@ def champion_version(client: Any, name: str, alias: str) -> Any | None:
 
 def version_metrics(client: Any, version: Any, tag_prefix: str) -> dict[str, float]:
     """A version's eval metrics: its `metric.*` tags, else the metrics of its run."""
-    tagged = {key[len(tag_prefix):]: float(value) for key, value in (version.tags or {}).items()
-              if key.startswith(tag_prefix)}
+    tagged = {
+        key[len(tag_prefix) :]: float(value)
+        for key, value in (version.tags or {}).items()
+        if key.startswith(tag_prefix)
+    }
     if tagged or not version.run_id:
         return tagged
     return dict(client.get_run(version.run_id).data.metrics)
@@ -110,15 +119,24 @@ def register_model(
         decision = decide_promotion(metrics, champion_metrics, config.gate, config.lower_is_better)
         champion_before = str(champion.version) if champion else None
         result = Registration(
-            name=name, version=version, model_uri=f"models:/{name}/{version}", run_id=run.info.run_id,
-            decision=decision.decision, promoted=decision.promoted, reason=decision.reason,
-            champion_before=champion_before, champion_after=version if decision.promoted else champion_before,
-            gate=dict(config.gate), lower_is_better=list(config.lower_is_better),
+            name=name,
+            version=version,
+            model_uri=f"models:/{name}/{version}",
+            run_id=run.info.run_id,
+            decision=decision.decision,
+            promoted=decision.promoted,
+            reason=decision.reason,
+            champion_before=champion_before,
+            champion_after=version if decision.promoted else champion_before,
+            gate=dict(config.gate),
+            lower_is_better=list(config.lower_is_better),
             comparisons=[asdict(c) for c in decision.comparisons],
-            challenger_metrics=metrics, champion_metrics=champion_metrics, tracking_uri=uri,
+            challenger_metrics=metrics,
+            champion_metrics=champion_metrics,
+            tracking_uri=uri,
         )
-        for key, value in _gate_tags(result).items():
-            client.set_model_version_tag(name, version, key, value)
+        for key, tag in _gate_tags(result).items():
+            client.set_model_version_tag(name, version, key, tag)
         client.set_registered_model_alias(name, config.challenger_alias, version)
         if decision.promoted:
             client.set_registered_model_alias(name, config.champion_alias, version)
@@ -167,5 +185,3 @@ def _gate_tags(result: Registration) -> dict[str, str]:
     }
     tags.update({f"gate.champion.{key}": str(value) for key, value in (result.champion_metrics or {}).items()})
     return tags
-
-

@@ -21,11 +21,14 @@ MODIFIER_CLASSES = ADJECTIVE_ORDER[1:]  # every class but counts (a count is not
 HARD_BOUNDARIES = frozenset({".", "!", "?", ";", ":"})
 COMMA = ","
 # Words that start a new clause: a location after them belongs to something else.
-CONJUNCTIONS = frozenset("and but or nor while whereas which who whom whose where that although though because so then yet".split())
+CONJUNCTIONS = frozenset(
+    "and but or nor while whereas which who whom whose where that although though because so then yet".split()
+)
 # Prepositions that place an object; allowed after a few verb words ("sits near ...").
 LOCATIVE_PREPOSITIONS = frozenset(
     "on in at near above below under beneath underneath beside behind between inside over by to along across "
-    "against around among amid within atop toward towards outside alongside opposite from into onto beyond".split())
+    "against around among amid within atop toward towards outside alongside opposite from into onto beyond".split()
+)
 # "next to", "left of": these only place something when followed by the second word.
 NEEDS_FOLLOWER = {"next": "to", "close": "to", "left": "of", "right": "of", "ahead": "of"}
 # Degree words that may lead a preposition ("just above", "directly below").
@@ -35,7 +38,8 @@ ATTRIBUTIVE_PREPOSITIONS = frozenset("with without wearing holding carrying".spl
 # Nouns of places in a picture: they head a location ("the top right corner") but are not objects.
 PLACE_NOUNS = frozenset(
     "corner corners side sides edge edges part area half front back middle center centre foreground background "
-    "distance hand quarter region border margin image picture photo photograph frame scene view".split())
+    "distance hand quarter region border margin image picture photo photograph frame scene view".split()
+)
 # A phrase about only these says nothing about where the object is ("in the image").
 FRAME_NOUNS = frozenset("image picture photo photograph frame scene view".split())
 PRONOUNS = frozenset("it them him her each other one another".split())
@@ -55,6 +59,7 @@ def is_word(token: str) -> bool:
 
 
 # ---------------------------------------------------------------- phrase grammar
+
 
 @dataclass
 class Phrase:
@@ -138,7 +143,9 @@ class PhraseParser:
             follow = self.continuation(phrase.end)
             if follow is None:
                 return phrase
-            phrase = Phrase(phrase.start, follow.end, phrase.words + follow.words, phrase.object_heads + follow.object_heads)
+            phrase = Phrase(
+                phrase.start, follow.end, phrase.words + follow.words, phrase.object_heads + follow.object_heads
+            )
 
     def continuation(self, index: int) -> Phrase | None:
         """A phrase chained at `index`: directly ("... corner of the image") or after a
@@ -156,16 +163,15 @@ def location_words(short_expr: str, long_expr: str) -> list[str]:
     of the pink star", "above the green square") are skipped: their words say where the
     object is relative to something else, not in the image."""
     short, long = tokenize(short_expr), tokenize(long_expr)
-    tail = long[len(short):] if long[: len(short)] == short else long
+    tail = long[len(short) :] if long[: len(short)] == short else long
     parser = PhraseParser(tail)
     segments: list[list[str]] = [[]]
     for index, word in enumerate(tail):
         if parser.preposition_end(index, chained=False) is not None and segments[-1]:
             segments.append([])
         segments[-1].append(word)
-    words = []
+    words: list[str] = []
     for segment in segments:
         if not any(noun_lemma(w) for w in segment):
             words.extend(part for w in segment for part in w.split("-") if attribute_class(part) == "position")
     return words
-

@@ -39,9 +39,9 @@ def head_noun(text: str) -> str | None:
     return words[-1] if words else None
 
 
-
 def rules_digest(*tables: Any) -> str:
     """A short stable hash of rule tables (sets are sorted), for `identity()`."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, (set, frozenset)):
             return sorted(value)
@@ -50,6 +50,6 @@ def rules_digest(*tables: Any) -> str:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value
+
     payload = json.dumps([plain(t) for t in tables], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-

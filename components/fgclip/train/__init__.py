@@ -8,9 +8,9 @@
   epochs, exact resume positions, the DataLoader.
 - ``step``: one batch -> the stage-1 or stage-2 loss and its parts.
 - ``distributed``: process group and device (nccl / hccl / gloo), single-process defaults.
-- ``loop``: DeepSpeed ZeRO-2 engine, checkpoints, exact resume, HF export, MLflow.
+- ``job``: what a training run is asked to do and what it returns.
+- ``engine``: AdamW, the warmup-cosine schedule and the DeepSpeed ZeRO-2 engine; one step.
+- ``checkpoints``: checkpoints with exact resume, and the final Hugging Face export.
+- ``loop``: the training loop and MLflow.
 - ``command``: ``fgclip train``.
-
-The two CLI modules (``init_model``, ``command``) import torch, transformers and deepspeed
-inside their functions, so building the ``fgclip`` parser stays fast.
 """

@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-             "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -70,8 +73,16 @@ def checkpoint_tags(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
 
 
-def save_checkpoint(engine: Any, folder: Path, step: int, position: DataPosition, context: DistContext,
-                    job: TrainJob, recipe: StageRecipe, keep: int) -> str:
+def save_checkpoint(
+    engine: Any,
+    folder: Path,
+    step: int,
+    position: DataPosition,
+    context: DistContext,
+    job: TrainJob,
+    recipe: StageRecipe,
+    keep: int,
+) -> str:
     tag = f"{TAG_PREFIX}{step:09d}"
     client_state = {
         "step": step,
@@ -91,8 +102,9 @@ def save_checkpoint(engine: Any, folder: Path, step: int, position: DataPosition
     return tag
 
 
-def load_checkpoint(engine: Any, folder: Path, context: DistContext, job: TrainJob,
-                    recipe: StageRecipe) -> tuple[int, DataPosition, str] | None:
+def load_checkpoint(
+    engine: Any, folder: Path, context: DistContext, job: TrainJob, recipe: StageRecipe
+) -> tuple[int, DataPosition, str] | None:
     """Restore the latest checkpoint: (step, this rank's data position, tag), or None."""
     if not (folder / "latest").is_file():
         return None
@@ -103,11 +115,17 @@ def load_checkpoint(engine: Any, folder: Path, context: DistContext, job: TrainJ
     if client_state.get("stage") != job.stage:
         raise TrainingError(f"{folder} holds a stage {client_state.get('stage')} run, not stage {job.stage}")
     if client_state.get("world_size") != context.world_size:
-        raise TrainingError(f"{folder} was written by {client_state.get('world_size')} ranks; resume with the same "
-                            f"number (now {context.world_size}) so every rank finds its data position")
+        raise TrainingError(
+            f"{folder} was written by {client_state.get('world_size')} ranks; resume with the same "
+            f"number (now {context.world_size}) so every rank finds its data position"
+        )
     if client_state.get("recipe") != recipe.model_dump(mode="json"):
-        log.warning("the recipe changed since %s was written (%s -> %s); the schedule follows the new one",
-                    folder / tag, client_state.get("recipe"), recipe.model_dump(mode="json"))
+        log.warning(
+            "the recipe changed since %s was written (%s -> %s); the schedule follows the new one",
+            folder / tag,
+            client_state.get("recipe"),
+            recipe.model_dump(mode="json"),
+        )
     set_rng_state(client_state["rng"][context.rank])
     return int(client_state["step"]), DataPosition.from_dict(client_state["data"][context.rank]), tag
 
@@ -142,5 +160,3 @@ def export_final(engine: Any, job: TrainJob, tag: str, context: DistContext, sum
     if context.world_size > 1:
         dist.barrier()
     return out
-
-

@@ -34,8 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: the final model (HF format) and checkpoints/")
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT/checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
-                        help="checkpoint and stop after step N without changing the schedule (resume later)")
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="checkpoint and stop after step N without changing the schedule (resume later)",
+    )
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
@@ -47,8 +52,9 @@ def command(args: argparse.Namespace, params: Params) -> int:
         stage=args.stage,
         init=args.init,
         images=args.images,
-        annotations=AnnotationDirs(args.captions, args.regions if args.stage == 2 else None,
-                                   args.negatives if args.stage == 2 else None),
+        annotations=AnnotationDirs(
+            args.captions, args.regions if args.stage == 2 else None, args.negatives if args.stage == 2 else None
+        ),
         out=args.out,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
@@ -63,7 +69,9 @@ def command(args: argparse.Namespace, params: Params) -> int:
     if not result.is_main:
         return 0
     state = "finished" if result.finished else "stopped"
-    print(f"stage {args.stage} {state} at step {result.step}/{result.total_steps} "
-          f"in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s)"
-          + (f"; model in {result.final_dir}" if result.final_dir else ""))
+    print(
+        f"stage {args.stage} {state} at step {result.step}/{result.total_steps} "
+        f"in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s)"
+        + (f"; model in {result.final_dir}" if result.final_dir else "")
+    )
     return 0

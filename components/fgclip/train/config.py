@@ -34,8 +34,9 @@ class DemoRecipes(Section):
     # which fine-tunes a CLIP that already knows what objects look like. At weight 1 the
     # global term wins: regions learn colour, pattern and size (all the global captions
     # need) but never shape; at 10 they learn shape too (5, 20 and 50 learn it less well).
-    stage2: StageRecipe = StageRecipe(lr=1e-3, weight_decay=0.001, warmup_steps=10, batch_size=32, epochs=15,
-                                      regional_weight=10.0)
+    stage2: StageRecipe = StageRecipe(
+        lr=1e-3, weight_decay=0.001, warmup_steps=10, batch_size=32, epochs=15, regional_weight=10.0
+    )
 
 
 class TrainConfig(Section):
@@ -50,8 +51,12 @@ class TrainConfig(Section):
     short_prefix: str = "a photo of "
     short_text_length: int = Field(77, ge=8)
     long_text_length: int = Field(248, ge=8)
-    min_box_visible_fraction: float = Field(0.5, gt=0.0, le=1.0, description="a box keeps >= this share of its area after the crop")
-    long_expression_rate: float = Field(0.5, ge=0.0, le=1.0, description="stage 2: chance a box is described by its long expression")
+    min_box_visible_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="a box keeps >= this share of its area after the crop"
+    )
+    long_expression_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="stage 2: chance a box is described by its long expression"
+    )
     max_logit_scale: float = Field(4.6052, gt=0.0, description="cap of every log inverse temperature (ln 100)")
     precision: Literal["bf16", "fp32"] = "bf16"
     zero_stage: int = Field(2, ge=1, le=2, description="ZeRO stage (1 or 2; the export reads ZeRO partitions)")
@@ -67,7 +72,9 @@ class TrainConfig(Section):
     log_system_metrics: bool = True
     dist_timeout_s: int = Field(1800, ge=10)
     torch_extensions_dir: str = Field(".cache/torch_extensions", description="used when TORCH_EXTENSIONS_DIR is unset")
-    cpu_shm_comm: bool = Field(False, description="DeepSpeed's compiled shared-memory CPU collectives (a one-time C++ build)")
+    cpu_shm_comm: bool = Field(
+        False, description="DeepSpeed's compiled shared-memory CPU collectives (a one-time C++ build)"
+    )
 
     def recipe_for(self, stage: int) -> StageRecipe:
         recipes = self.demo if self.recipe == "demo" else self

@@ -22,6 +22,8 @@ the longest sequence in the batch, which is exact for EOS-pooled causal text enc
 from __future__ import annotations
 
 import logging
+import os
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +33,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from fgclip.core.shards import IMAGE_EXTS
+from fgclip.core.shards import IMAGE_EXTS, list_shards
 from fgclip.core.storage import local_path
-from fgclip.train.examples import (AnnotationDirs, Example, ExampleBuilder, ShardAnnotations, SkipSample,
-                                   StreamSettings, TextTokenizer, collate, derive_seed, shard_of)
+from fgclip.train.examples import (
+    AnnotationDirs,
+    Example,
+    ExampleBuilder,
+    ShardAnnotations,
+    SkipSample,
+    StreamSettings,
+    TextTokenizer,
+    collate,
+    derive_seed,
+    shard_of,
+)
 from fgclip.train.images import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -42,11 +54,22 @@ log = logging.getLogger(__name__)
 #: A batch the trainer drops: lines a resumed loader's worker cycle up with the first run.
 PLACEHOLDER_KEY = "placeholder"
 
-__all__ = ["AnnotationDirs", "DataPosition", "EpochPlan", "StreamSettings", "TrainingStream", "count_samples",
-           "list_shard_urls", "make_loader", "plan_epoch", "real_batches"]
+__all__ = [
+    "AnnotationDirs",
+    "DataPosition",
+    "EpochPlan",
+    "StreamSettings",
+    "TrainingStream",
+    "count_samples",
+    "list_shard_urls",
+    "make_loader",
+    "plan_epoch",
+    "real_batches",
+]
 
 
 # ------------------------------------------------------------ the stream stages
+
 
 class SkipCounter:
     """Per-worker counts of dropped samples, handed out with each batch."""
@@ -93,6 +116,7 @@ def join_annotations(annotations: ShardAnnotations) -> Callable[[Iterator[dict[s
             key = sample["__key__"]
             sample["__records__"] = {name: by_key.get(key) for name, by_key in records.items()}
             yield sample
+
     return stage
 
 
@@ -100,8 +124,9 @@ class Batcher:
     """Examples -> collated batches of exactly `batch_size`; a partial batch carries over
     to the next repetition of the pipeline instead of being dropped."""
 
-    def __init__(self, settings: StreamSettings, builder: ExampleBuilder, skips: SkipCounter, cursor: StreamCursor,
-                 worker: int) -> None:
+    def __init__(
+        self, settings: StreamSettings, builder: ExampleBuilder, skips: SkipCounter, cursor: StreamCursor, worker: int
+    ) -> None:
         self.settings, self.builder, self.skips, self.cursor, self.worker = settings, builder, skips, cursor, worker
         self.pending: list[Example] = []
 
@@ -115,14 +140,20 @@ class Batcher:
                 continue
             if len(self.pending) < settings.batch_size:
                 continue
-            batch = collate(self.pending, self.builder.tokenizer.pad_token_id, settings.stage,
-                            settings.max_boxes, settings.max_negatives)
+            batch = collate(
+                self.pending,
+                self.builder.tokenizer.pad_token_id,
+                settings.stage,
+                settings.max_boxes,
+                settings.max_negatives,
+            )
             batch.update(worker=self.worker, position=self.cursor.position, skipped=self.skips.take())
             self.pending = []
             yield batch
 
 
 # ------------------------------------------------------------- epochs and loader
+
 
 @dataclass(frozen=True)
 class EpochPlan:
@@ -142,16 +173,12 @@ class EpochPlan:
 
 
 def list_shard_urls(images: str | Path) -> list[str]:
-    from fgclip.core.shards import list_shards
-
     root = local_path(images)
     return [str(root / f"{shard}.tar") for shard in list_shards(root)]
 
 
 def count_samples(urls: Sequence[str]) -> int:
     """Images in the shards: the parquet row counts, else the tar's image members."""
-    import tarfile
-
     import pyarrow.parquet as pq
 
     total = 0
@@ -165,17 +192,22 @@ def count_samples(urls: Sequence[str]) -> int:
     return total
 
 
-def plan_epoch(urls: Sequence[str], *, world_size: int, workers: int, batch_size: int,
-               samples_per_epoch: int | None) -> EpochPlan:
+def plan_epoch(
+    urls: Sequence[str], *, world_size: int, workers: int, batch_size: int, samples_per_epoch: int | None
+) -> EpochPlan:
     streams = max(1, workers)
     if len(urls) < world_size * streams:
-        raise ValueError(f"{len(urls)} shards cannot feed {world_size} ranks x {streams} loader workers "
-                         "(each needs at least one shard): lower train.workers or write more shards")
+        raise ValueError(
+            f"{len(urls)} shards cannot feed {world_size} ranks x {streams} loader workers "
+            "(each needs at least one shard): lower train.workers or write more shards"
+        )
     total = samples_per_epoch or count_samples(urls)
     worker_batches = total // world_size // batch_size // streams
     if worker_batches < 1:
-        raise ValueError(f"an epoch of {total} samples gives no full batch of {batch_size} to each of "
-                         f"{world_size} ranks x {streams} workers: lower the batch size or add data")
+        raise ValueError(
+            f"an epoch of {total} samples gives no full batch of {batch_size} to each of "
+            f"{world_size} ranks x {streams} workers: lower the batch size or add data"
+        )
     return EpochPlan(tuple(urls), workers, worker_batches)
 
 
@@ -192,13 +224,20 @@ class DataPosition:
         self.worker_positions[int(batch["worker"])] = int(batch["position"])
 
     def to_dict(self, batch_size: int) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches": self.batches, "samples": self.batches * batch_size,
-                "worker_positions": {str(k): v for k, v in self.worker_positions.items()}}
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "samples": self.batches * batch_size,
+            "worker_positions": {str(k): v for k, v in self.worker_positions.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DataPosition":
-        return cls(int(data["epoch"]), int(data["batches"]),
-                   {int(k): int(v) for k, v in (data.get("worker_positions") or {}).items()})
+    def from_dict(cls, data: dict[str, Any]) -> DataPosition:
+        return cls(
+            int(data["epoch"]),
+            int(data["batches"]),
+            {int(k): int(v) for k, v in (data.get("worker_positions") or {}).items()},
+        )
 
 
 class TrainingStream(IterableDataset):
@@ -235,36 +274,48 @@ class TrainingStream(IterableDataset):
             skips.skip(None, "unreadable_shard_member", repr(error))
             return True  # keep going with the next member / shard
 
-        pipeline = wds.WebDataset(
-            list(self.plan.urls),
-            shardshuffle=len(self.plan.urls),
-            detshuffle=True,
-            seed=derive_seed(settings.seed, epoch, "shards"),
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            handler=unreadable,
-            empty_check=False,
-        ).compose(
-            join_annotations(ShardAnnotations(settings.dirs)),
-            wds.filters.detshuffle(settings.shuffle_buffer, settings.shuffle_buffer,
-                                   seed=derive_seed(settings.seed, epoch, rank, worker, "samples")),
-            cursor,
-            Batcher(settings, builder, skips, cursor, worker),
-        ).with_epoch(nbatches=remaining)
+        pipeline = (
+            wds.WebDataset(
+                list(self.plan.urls),
+                shardshuffle=len(self.plan.urls),
+                detshuffle=True,
+                seed=derive_seed(settings.seed, epoch, "shards"),
+                nodesplitter=wds.split_by_node,
+                workersplitter=wds.split_by_worker,
+                handler=unreadable,
+                empty_check=False,
+            )
+            .compose(
+                join_annotations(ShardAnnotations(settings.dirs)),
+                wds.filters.detshuffle(
+                    settings.shuffle_buffer,
+                    settings.shuffle_buffer,
+                    seed=derive_seed(settings.seed, epoch, rank, worker, "samples"),
+                ),
+                cursor,
+                Batcher(settings, builder, skips, cursor, worker),
+            )
+            .with_epoch(nbatches=remaining)
+        )
         yielded = 0
         for batch in pipeline:
             yielded += 1
             yield batch
         if yielded < remaining:
-            raise RuntimeError(f"rank {rank} worker {worker}: its shards ran dry after {yielded} of {remaining} "
-                               "batches (too few usable samples for a batch)")
+            raise RuntimeError(
+                f"rank {rank} worker {worker}: its shards ran dry after {yielded} of {remaining} "
+                "batches (too few usable samples for a batch)"
+            )
 
 
-def make_loader(settings: StreamSettings, plan: EpochPlan, position: DataPosition,
-                prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    settings: StreamSettings,
+    plan: EpochPlan,
+    position: DataPosition,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> DataLoader:
     """The DataLoader of one epoch (from `position` on). Drop batches with PLACEHOLDER_KEY."""
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
     return DataLoader(
         TrainingStream(settings, plan, position),

@@ -50,8 +50,13 @@ def single_process_defaults() -> list[str]:
     """torchrun's variables for one local process, where no launcher set them."""
     if "WORLD_SIZE" in os.environ:
         return []
-    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": LOOPBACK,
-                "MASTER_PORT": str(_free_port())}
+    defaults = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": LOOPBACK,
+        "MASTER_PORT": str(_free_port()),
+    }
     added = [name for name in defaults if name not in os.environ]
     for name in added:
         os.environ[name] = defaults[name]
@@ -65,7 +70,7 @@ def detect_accelerator() -> str:
         import torch_npu  # noqa: F401  (registers torch.npu)
     except ImportError:
         return "cpu"
-    return "npu" if torch.npu.is_available() else "cpu"
+    return "npu" if torch.npu.is_available() else "cpu"  # type: ignore[attr-defined]  # added by torch_npu
 
 
 def setup_distributed(timeout_s: int, *, extensions_dir: str | Path, cpu_shm_comm: bool) -> DistContext:
@@ -80,7 +85,7 @@ def setup_distributed(timeout_s: int, *, extensions_dir: str | Path, cpu_shm_com
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     elif accelerator == "npu":
-        torch.npu.set_device(local_rank)
+        torch.npu.set_device(local_rank)  # type: ignore[attr-defined]  # added by torch_npu
         device = torch.device("npu", local_rank)
     else:
         device = torch.device("cpu")

@@ -23,11 +23,13 @@ log = logging.getLogger(__name__)
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
     """LR factor per optimiser step: linear warmup to 1, then cosine down to `min_lr_ratio`."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -50,8 +52,9 @@ def deepspeed_config(recipe: StageRecipe, train: TrainConfig, world_size: int) -
 def build_engine(model: torch.nn.Module, recipe: StageRecipe, train: TrainConfig, world_size: int, total_steps: int):
     import deepspeed
 
-    optimizer = torch.optim.AdamW(adamw_param_groups(model, recipe.weight_decay), lr=recipe.lr,
-                                  betas=recipe.betas, eps=recipe.eps)
+    optimizer = torch.optim.AdamW(
+        adamw_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps
+    )
     schedule = warmup_cosine(recipe.warmup_steps, total_steps, recipe.min_lr_ratio)
     with _scalar_parameters_broadcast_apart(model, world_size):
         engine, _, _, _ = deepspeed.initialize(
@@ -77,23 +80,29 @@ def _scalar_parameters_broadcast_apart(model: torch.nn.Module, world_size: int):
     for parameter in scalars:
         if world_size > 1:
             dist.broadcast(parameter.data, src=0)
-        parameter.ds_optim_param = True
+        parameter.ds_optim_param = True  # type: ignore[attr-defined]  # DeepSpeed reads this flag
     try:
         yield
     finally:
         for parameter in scalars:
-            del parameter.ds_optim_param
+            del parameter.ds_optim_param  # type: ignore[attr-defined]
 
 
-def optimisation_step(engine: Any, batch: dict[str, Any], *, stage: int, recipe: StageRecipe, train: TrainConfig,
-                      device: torch.device) -> StepLosses:
+def optimisation_step(
+    engine: Any, batch: dict[str, Any], *, stage: int, recipe: StageRecipe, train: TrainConfig, device: torch.device
+) -> StepLosses:
     """Forward, backward (gradients reduced across ranks by ZeRO), clip, AdamW, LR schedule."""
     dtype = torch.bfloat16 if train.precision == "bf16" else torch.float32
-    losses = compute_losses(engine.module, batch, stage=stage, device=device, dtype=dtype,
-                            regional_weight=recipe.regional_weight, hard_weight=recipe.hard_weight,
-                            max_logit_scale=train.max_logit_scale)
+    losses = compute_losses(
+        engine.module,
+        batch,
+        stage=stage,
+        device=device,
+        dtype=dtype,
+        regional_weight=recipe.regional_weight,
+        hard_weight=recipe.hard_weight,
+        max_logit_scale=train.max_logit_scale,
+    )
     engine.backward(losses.total)
     engine.step()
     return losses
-
-

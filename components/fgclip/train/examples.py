@@ -24,6 +24,7 @@ from PIL import Image
 from fgclip.core.seeding import stable_seed
 from fgclip.core.shards import IMAGE_EXTS, annotation_path, read_jsonl
 from fgclip.train.images import ImageTransform
+from fgclip.train.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def derive_seed(*parts: Any) -> int:
 
 # ------------------------------------------------------------------- annotations
 
+
 @dataclass(frozen=True)
 class AnnotationDirs:
     """Stage output folders joined to the images; regions/negatives only for stage 2."""
@@ -44,8 +46,11 @@ class AnnotationDirs:
     negatives: str | None = None
 
     def named(self) -> dict[str, str]:
-        return {name: path for name, path in
-                (("captions", self.captions), ("regions", self.regions), ("negatives", self.negatives)) if path}
+        return {
+            name: path
+            for name, path in (("captions", self.captions), ("regions", self.regions), ("negatives", self.negatives))
+            if path
+        }
 
 
 def shard_of(url: str) -> str:
@@ -82,6 +87,7 @@ class ShardAnnotations:
 
 # ------------------------------------------------------------------------ texts
 
+
 class TextTokenizer:
     """The model's tokenizer, loaded once per process (DataLoader workers included)."""
 
@@ -95,8 +101,6 @@ class TextTokenizer:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from fgclip.train.tokenizer import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.model_dir)
         return self._tokenizer
 
@@ -112,6 +116,7 @@ class TextTokenizer:
 
 
 # ---------------------------------------------------------------- the examples
+
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -166,7 +171,9 @@ def _negative_texts(region: dict[str, Any], limit: int) -> list[str]:
 class ExampleBuilder:
     """Raw webdataset sample + its annotation records -> `Example` (pure per sample)."""
 
-    def __init__(self, settings: StreamSettings, transform: ImageTransform, tokenizer: TextTokenizer, epoch: int) -> None:
+    def __init__(
+        self, settings: StreamSettings, transform: ImageTransform, tokenizer: TextTokenizer, epoch: int
+    ) -> None:
         self.settings = settings
         self.transform = transform
         self.tokenizer = tokenizer
@@ -207,8 +214,13 @@ class ExampleBuilder:
             _fill_region_ids(example, ids[1:], layout)
         return example
 
-    def _add_regions(self, example: Example, regions_record: dict[str, Any], negatives_record: dict[str, Any] | None,
-                     image_size: tuple[int, int]) -> tuple[list[str], list[tuple[bool, int]]]:
+    def _add_regions(
+        self,
+        example: Example,
+        regions_record: dict[str, Any],
+        negatives_record: dict[str, Any] | None,
+        image_size: tuple[int, int],
+    ) -> tuple[list[str], list[tuple[bool, int]]]:
         """Pick boxes and their texts.
 
         Returns the texts to tokenise (box texts, then positives, then negatives) and per
@@ -219,8 +231,12 @@ class ExampleBuilder:
         regions = regions_record.get("regions") or []
         negatives = (negatives_record or {}).get("regions")
         if negatives is not None and len(negatives) != len(regions):
-            log.warning("sample %s: %d negative entries for %d regions; its negatives are ignored",
-                        example.key, len(negatives), len(regions))
+            log.warning(
+                "sample %s: %d negative entries for %d regions; its negatives are ignored",
+                example.key,
+                len(negatives),
+                len(regions),
+            )
             negatives = None
         candidates = []
         for index, region in enumerate(regions):
@@ -264,6 +280,7 @@ def _fill_region_ids(example: Example, ids: list[list[int]], layout: list[tuple[
 
 
 # ------------------------------------------------------------------- collation
+
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention) of shape (N, longest), at least one column."""

@@ -37,7 +37,7 @@ class ImageTransform:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> "ImageTransform":
+    def from_pretrained(cls, model_dir: str | Path) -> ImageTransform:
         config = json.loads((Path(model_dir) / PREPROCESSOR_FILE).read_text())
         size = config.get("size") or {}
         shortest = size.get("shortest_edge") if config.get("do_resize", True) else None
@@ -47,7 +47,9 @@ class ImageTransform:
         if shortest is None and resize_hw is None and crop_hw is None:
             raise ValueError(f"{model_dir}/{PREPROCESSOR_FILE}: neither resize nor crop gives a fixed image size")
         if crop_hw and shortest is not None and max(crop_hw) > shortest:
-            raise ValueError(f"{model_dir}/{PREPROCESSOR_FILE}: crop {crop_hw} exceeds the resized shortest edge {shortest}")
+            raise ValueError(
+                f"{model_dir}/{PREPROCESSOR_FILE}: crop {crop_hw} exceeds the resized shortest edge {shortest}"
+            )
         return cls(
             shortest_edge=shortest,
             resize_hw=resize_hw,

@@ -51,12 +51,19 @@ VOCAB_FILES = ("vocab.json", "merges.txt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default=None,
-                        help=f"'{DEMO_BASE}' (built from params model.demo) or a local HF CLIP directory / cached hub id "
-                             "(default: params model.base)")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help=f"'{DEMO_BASE}' (built from params model.demo) or a local HF CLIP directory / cached hub id "
+        "(default: params model.base)",
+    )
     parser.add_argument("--out", required=True, help="output directory (HF format: model, tokenizer, processor)")
-    parser.add_argument("--corpus", default=None, help=f"{DEMO_BASE}: captions stage folder (long captions) for the tokenizer")
-    parser.add_argument("--corpus-images", default=None, help=f"{DEMO_BASE}: image shard folder (alt texts) for the tokenizer")
+    parser.add_argument(
+        "--corpus", default=None, help=f"{DEMO_BASE}: captions stage folder (long captions) for the tokenizer"
+    )
+    parser.add_argument(
+        "--corpus-images", default=None, help=f"{DEMO_BASE}: image shard folder (alt texts) for the tokenizer"
+    )
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
@@ -73,6 +80,7 @@ def command(args: argparse.Namespace, params: Params) -> int:
 
 # ------------------------------------------------------------------------ corpus
 
+
 def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None, short_prefix: str) -> Iterator[str]:
     """Texts the demo tokenizer learns from: long captions, alt texts, lexicon words."""
     if captions_dir is not None:
@@ -83,8 +91,14 @@ def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None,
         for shard in list_shards(images_dir):
             yield from _alt_texts(Path(images_dir), shard)
     yield short_prefix
-    words = [*lexicon.COLOURS, *lexicon.PATTERNS, *lexicon.SHAPES, *lexicon.SIZES, *sorted(lexicon.OBJECT_NOUNS),
-             *sorted(lexicon.DETERMINERS)]
+    words = [
+        *lexicon.COLOURS,
+        *lexicon.PATTERNS,
+        *lexicon.SHAPES,
+        *lexicon.SIZES,
+        *sorted(lexicon.OBJECT_NOUNS),
+        *sorted(lexicon.DETERMINERS),
+    ]
     for group in lexicon.ATTRIBUTE_LEXICON.values():
         words.extend(group)
     yield " ".join(words)
@@ -99,6 +113,7 @@ def _alt_texts(images_dir: Path, shard: str) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ demo model
+
 
 def build_demo_clip(spec: DemoModelSpec, tokenizer: Any, seed: int):
     """A randomly initialised tiny CLIPModel sized by `spec`, vocabulary from `tokenizer`."""
@@ -152,8 +167,15 @@ def build_demo_processor(spec: DemoModelSpec):
 
 # --------------------------------------------------------------------- builder
 
-def init_model(base: str, out: str | Path, params: Params, *, corpus: str | Path | None = None,
-               corpus_images: str | Path | None = None) -> Path:
+
+def init_model(
+    base: str,
+    out: str | Path,
+    params: Params,
+    *,
+    corpus: str | Path | None = None,
+    corpus_images: str | Path | None = None,
+) -> Path:
     """Build the FG-CLIP starting checkpoint in `out` (replaced atomically); returns `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,13 +210,19 @@ def _demo_parts(params: Params, staging: Path, corpus: str | Path | None, corpus
     if corpus is None and corpus_images is None:
         log.warning("no --corpus / --corpus-images: the demo tokenizer learns from the lexicon only")
     texts = list(corpus_texts(corpus, corpus_images, params.train.short_prefix))
-    tokenizer = train_clip_tokenizer(texts, staging, vocab_size=spec.tokenizer_vocab_size,
-                                     min_frequency=spec.tokenizer_min_frequency, model_max_length=spec.text_positions)
+    tokenizer = train_clip_tokenizer(
+        texts,
+        staging,
+        vocab_size=spec.tokenizer_vocab_size,
+        min_frequency=spec.tokenizer_min_frequency,
+        model_max_length=spec.text_positions,
+    )
     log.info("demo tokenizer: %d tokens learned from %d texts", len(tokenizer), len(texts))
     return build_demo_clip(spec, tokenizer, params.seed), tokenizer, build_demo_processor(spec)
 
 
 def _real_parts(base: str):
+    model: CLIPModel
     if Path(base).is_dir() and is_fgclip_checkpoint(base):
         model = FGCLIPModel.from_pretrained(base)  # already converted: conversion is a no-op
     else:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from fgclip.train.examples import AnnotationDirs
 
 if TYPE_CHECKING:
@@ -19,8 +18,14 @@ CHECKPOINT_FOLDER = "checkpoints"
 TAG_PREFIX = "step"
 SUMMARY_FILE = "training.json"
 #: Files beside the weights that make a directory loadable as a whole (tokenizer, processor).
-COMPANION_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "preprocessor_config.json")
+COMPANION_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
 
 
 class TrainingError(Exception):
@@ -55,5 +60,3 @@ class TrainResult:
     images_per_s: float = 0.0
     resumed_from: int | None = None
     is_main: bool = True  # rank 0: the rank that logs and writes the final model
-
-

@@ -52,8 +52,17 @@ def temperature_scales(model: Any, max_logit_scale: float) -> dict[str, torch.Te
     return {name: getattr(model, name).clamp(max=max_logit_scale) for name in TEMPERATURE_PARAMETER_NAMES}
 
 
-def compute_losses(model: Any, batch: dict[str, Any], *, stage: int, device: torch.device, dtype: torch.dtype,
-                   regional_weight: float, hard_weight: float, max_logit_scale: float) -> StepLosses:
+def compute_losses(
+    model: Any,
+    batch: dict[str, Any],
+    *,
+    stage: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    regional_weight: float,
+    hard_weight: float,
+    max_logit_scale: float,
+) -> StepLosses:
     move = lambda name: batch[name].to(device, non_blocking=True)  # noqa: E731
     pixels = batch["pixel_values"].to(device, dtype, non_blocking=True)
     scales = temperature_scales(model, max_logit_scale)
@@ -87,18 +96,31 @@ def compute_losses(model: Any, batch: dict[str, Any], *, stage: int, device: tor
     box_text_grid = _scatter(box_text.to(regions.dtype), box_valid)
     # The hard-negative positive is the short expression: the box text itself where the
     # box uses it, otherwise its own encoding.
-    positives = torch.where(uses_short.unsqueeze(-1), box_text_grid,
-                            _scatter(positive_text.to(regions.dtype), needs_positive))
+    positives = torch.where(
+        uses_short.unsqueeze(-1), box_text_grid, _scatter(positive_text.to(regions.dtype), needs_positive)
+    )
     negatives = _scatter(negative_text.to(regions.dtype), neg_valid)
     losses = stage2_loss(
-        image_feats=image, long_text_feats=long_feats, short_text_feats=short_feats,
-        region_feats=region_grid, region_text_feats=box_text_grid, region_valid_mask=box_valid,
-        hard_region_feats=region_grid, hard_pos_text_feats=positives, hard_neg_text_feats=negatives,
+        image_feats=image,
+        long_text_feats=long_feats,
+        short_text_feats=short_feats,
+        region_feats=region_grid,
+        region_text_feats=box_text_grid,
+        region_valid_mask=box_valid,
+        hard_region_feats=region_grid,
+        hard_pos_text_feats=positives,
+        hard_neg_text_feats=negatives,
         hard_neg_mask=neg_valid,
-        logit_scale=scales["logit_scale"], regional_logit_scale=scales["logit_scale_finegraind"],
+        logit_scale=scales["logit_scale"],
+        regional_logit_scale=scales["logit_scale_finegraind"],
         hard_logit_scale=scales["logit_scale_hardneg"],
-        regional_weight=regional_weight, hard_weight=hard_weight,
+        regional_weight=regional_weight,
+        hard_weight=hard_weight,
     )
-    parts = {"loss": losses.total, "loss_global": losses.global_loss, "loss_regional": losses.regional,
-             "loss_hard_negative": losses.hard_negative}
+    parts = {
+        "loss": losses.total,
+        "loss_global": losses.global_loss,
+        "loss_regional": losses.regional,
+        "loss_hard_negative": losses.hard_negative,
+    }
     return StepLosses(losses.total, {name: value.detach() for name, value in parts.items()})

@@ -36,7 +36,9 @@ def byte_symbols() -> list[str]:
     shifted to code points from 256 up, in byte order. This is the mapping of the
     byte-level pre-tokenizer (GPT-2 / CLIP), so the symbols match what it emits.
     """
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    )
     symbols, shifted = [], 0
     for byte in range(256):
         if byte in printable:
@@ -56,14 +58,18 @@ def _clip_pipeline_tokenizer():
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     return tokenizer
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Learn BPE merges on `texts`; returns (vocab in CLIP layout, merges in order)."""
     from tokenizers import pre_tokenizers, trainers
 
@@ -120,8 +126,9 @@ def build_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], m
     )
 
 
-def train_clip_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int, min_frequency: int,
-                         model_max_length: int):
+def train_clip_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, *, vocab_size: int, min_frequency: int, model_max_length: int
+):
     """Train, write vocab.json + merges.txt + the transformers files; returns the tokenizer."""
     vocab, merges = train_bpe(texts, vocab_size, min_frequency)
     write_vocab_files(vocab, merges, out_dir)
@@ -141,7 +148,7 @@ def load_tokenizer(model_dir: str | Path):
 
     config_file = Path(model_dir) / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "fgclip":
-        from fgclip.model import FGCLIPConfig
+        from fgclip.model.modeling import FGCLIPConfig  # transformers: not in data loader workers until used
 
         return AutoTokenizer.from_pretrained(str(model_dir), config=FGCLIPConfig.from_pretrained(str(model_dir)))
     return AutoTokenizer.from_pretrained(str(model_dir))

@@ -7,7 +7,6 @@ import pytest
 from fgclip.data.detect.config import DetectConfig
 from fgclip.data.detect.expressions import EXTRACTORS, Expression, build_extractor
 from fgclip.data.detect.extractors.rules import RulesExtractor
-from fgclip.text.phrases import location_words
 from fgclip.text.words import head_noun, noun_lemma, tokenize
 
 
@@ -57,16 +56,6 @@ def test_adverb_led_and_bare_left_of_relations(extract):
         ("small pink star", "small pink star just above the ring"), ("red circle", "red circle right next to it")]
     # "right" alone is a place, not a preposition
     assert pairs(extract("The star is on the right.")) == [("star", "star on the right")]
-
-
-def test_location_words_skip_relations_to_other_objects():
-    def words(long: str) -> list[str]:
-        return location_words("small yellow ring", long)
-
-    assert words("small yellow ring left of the pink star at the bottom of the image") == ["bottom"]
-    assert words("small yellow ring near the top-right corner above the green square") == ["top", "right"]
-    assert words("small yellow ring to the right of the red circle") == []
-    assert words("small yellow ring on the left") == ["left"]
 
 
 def test_everyday_caption_with_attributive_phrase(extract):

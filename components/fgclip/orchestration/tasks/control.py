@@ -40,7 +40,6 @@ KEPT_TASK = "champion_kept"
 CONTROL_MODULE = "fgclip.orchestration.control"
 
 
-
 def _fail(message: str) -> BaseException:
     """A failure no retry can fix (bad form values, a missing dataset version)."""
     return AirflowFailException(message)
@@ -68,8 +67,11 @@ def _control_pod(project: Project, task_id: str, arguments: list[str], **kwargs:
     """A KubernetesPodOperator running one control step on the workspace; its JSON result
     is the task's XCom."""
     pod = pod_operator_kwargs(project.settings.control_component, ["fgclip", "--help"], project.params.kubernetes)
-    pod.update(cmds=["python", "-m", CONTROL_MODULE], arguments=["--xcom-file", control.POD_XCOM_FILE, *arguments],
-               do_xcom_push=True)
+    pod.update(
+        cmds=["python", "-m", CONTROL_MODULE],
+        arguments=["--xcom-file", control.POD_XCOM_FILE, *arguments],
+        do_xcom_push=True,
+    )
     return KubernetesPodOperator(task_id=task_id, **{**task_defaults(project.settings), **pod, **kwargs})
 
 
@@ -80,10 +82,20 @@ def _params(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def data_form(project: Project) -> dict[str, Any]:
     """Trigger form of the data build: the shard range and the configured params keys."""
     fields: dict[str, dict[str, Any]] = {
-        FIRST_SHARD: {"default": 0, "type": "integer", "minimum": 0, "title": "first shard",
-                      "description": "first shard number to build (NNNNN), inclusive"},
-        LAST_SHARD: {"default": None, "type": ["integer", "null"], "minimum": 0, "title": "last shard",
-                     "description": "last shard number to build, inclusive; empty: up to the last shard"},
+        FIRST_SHARD: {
+            "default": 0,
+            "type": "integer",
+            "minimum": 0,
+            "title": "first shard",
+            "description": "first shard number to build (NNNNN), inclusive",
+        },
+        LAST_SHARD: {
+            "default": None,
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "title": "last shard",
+            "description": "last shard number to build, inclusive; empty: up to the last shard",
+        },
         **form_fields(project.settings.data_form, project.params),
     }
     return _params(fields)
@@ -92,12 +104,22 @@ def data_form(project: Project) -> dict[str, Any]:
 def train_form(project: Project) -> dict[str, Any]:
     """Trigger form of training: dataset version, number of nodes and the configured keys."""
     fields: dict[str, dict[str, Any]] = {
-        DATASET_VERSION: {"default": LATEST, "type": "string", "pattern": r"^(latest|ds-[0-9a-f]+)$",
-                          "title": "dataset version",
-                          "description": "ds-... as published by the data build, or 'latest': the version of the "
-                                         "Asset event that triggered the run (else the newest one)"},
-        NUM_NODES: {"default": 1, "type": "integer", "minimum": 1, "maximum": project.settings.max_nodes,
-                    "title": "number of nodes", "description": "training nodes (kubernetes runtime); local: 1"},
+        DATASET_VERSION: {
+            "default": LATEST,
+            "type": "string",
+            "pattern": r"^(latest|ds-[0-9a-f]+)$",
+            "title": "dataset version",
+            "description": "ds-... as published by the data build, or 'latest': the version of the "
+            "Asset event that triggered the run (else the newest one)",
+        },
+        NUM_NODES: {
+            "default": 1,
+            "type": "integer",
+            "minimum": 1,
+            "maximum": project.settings.max_nodes,
+            "title": "number of nodes",
+            "description": "training nodes (kubernetes runtime); local: 1",
+        },
         **form_fields(project.settings.train_form, project.params),
     }
     return _params(fields)
@@ -113,12 +135,18 @@ def prepare_task(project: Project, form_keys: tuple[str, ...], *, training: bool
     def prepare() -> dict[str, Any]:
         values = get_current_context()["params"]
         if training and not kubernetes and int(values.get(NUM_NODES, 1)) != 1:
-            raise _fail(f"the local runtime trains on this one machine: {NUM_NODES} must be 1 "
-                        f"(got {values[NUM_NODES]}); multi-node training needs orchestration.runtime=kubernetes")
+            raise _fail(
+                f"the local runtime trains on this one machine: {NUM_NODES} must be 1 "
+                f"(got {values[NUM_NODES]}); multi-node training needs orchestration.runtime=kubernetes"
+            )
         chosen = overrides(values, form_keys)
         changed = {} if kubernetes else _call(control.apply_params, root, chosen)
-        return {"workspace": str(root), "runtime": "kubernetes" if kubernetes else "local", "values": chosen,
-                "changed": changed}
+        return {
+            "workspace": str(root),
+            "runtime": "kubernetes" if kubernetes else "local",
+            "values": chosen,
+            "changed": changed,
+        }
 
     return prepare()
 
@@ -128,9 +156,18 @@ def shard_groups_task(project: Project) -> Any:
     orchestration.shard_group_size)."""
     doc = shard_groups_task.__doc__
     if _kubernetes(project):
-        return _control_pod(project, "shard_groups", [
-            "shard-groups", "--first", f"{{{{ params.{FIRST_SHARD} | tojson }}}}",
-            "--last", f"{{{{ params.{LAST_SHARD} | tojson }}}}"], doc_md=doc).output
+        return _control_pod(
+            project,
+            "shard_groups",
+            [
+                "shard-groups",
+                "--first",
+                f"{{{{ params.{FIRST_SHARD} | tojson }}}}",
+                "--last",
+                f"{{{{ params.{LAST_SHARD} | tojson }}}}",
+            ],
+            doc_md=doc,
+        ).output
 
     root = project.root
 
@@ -148,6 +185,7 @@ def publish_task(project: Project) -> Any:
     asset = dataset_asset(project)
     doc = publish_task.__doc__
     if _kubernetes(project):
+
         def emit(context: Mapping[str, Any], result: Mapping[str, Any]) -> None:
             context["outlet_events"][asset].extra = dict(result)
 
@@ -192,8 +230,10 @@ def _latest_version(context: Mapping[str, Any], asset: Any) -> tuple[str, str]:
         events = list(context["inlet_events"][asset].ascending(False).limit(1))
         source = "newest Asset event"
     if not events:
-        raise _fail(f"no dataset version was ever published (no {asset.name} Asset event): run the data build "
-                    f"DAG first, or give {DATASET_VERSION}")
+        raise _fail(
+            f"no dataset version was ever published (no {asset.name} Asset event): run the data build "
+            f"DAG first, or give {DATASET_VERSION}"
+        )
     version = (events[-1].extra or {}).get("version")
     if not version:
         raise _fail(f"the {asset.name} Asset event carries no version: {events[-1].extra}")
@@ -235,6 +275,7 @@ def decision_task(project: Project, version: Any) -> Any:
 def promotion_gate_task(decision: Any) -> Any:
     """The promotion gate's outcome, as a branch: `champion_promoted` runs when the new model
     version became champion, `champion_kept` when the champion stayed."""
+
     @task.branch(task_id="promotion_gate", doc_md=promotion_gate_task.__doc__)
     def gate(result: dict[str, Any]) -> str:
         log.info("%s v%s: %s - %s", result["name"], result["version"], result["decision"], result["reason"])
@@ -244,5 +285,7 @@ def promotion_gate_task(decision: Any) -> Any:
 
 
 def gate_outcomes() -> list[Any]:
-    return [EmptyOperator(task_id=PROMOTED_TASK, doc_md="The new model version is the champion."),
-            EmptyOperator(task_id=KEPT_TASK, doc_md="The gate kept the champion; the new version is the challenger.")]
+    return [
+        EmptyOperator(task_id=PROMOTED_TASK, doc_md="The new model version is the champion."),
+        EmptyOperator(task_id=KEPT_TASK, doc_md="The gate kept the champion; the new version is the challenger."),
+    ]

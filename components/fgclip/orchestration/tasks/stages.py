@@ -18,9 +18,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.form import NUM_NODES, form_set_flags
 from fgclip.orchestration.kubernetes import pod_operator_kwargs
-from fgclip.orchestration.trainjob import TrainJobOperator
 from fgclip.orchestration.pipeline import Project, StageSpec, group_label, load_project
 from fgclip.orchestration.process import StageFailed, run_stage_locally
+from fgclip.orchestration.trainjob import TrainJobOperator
 
 #: The key of the context entry that names a mapped task in the UI.
 GROUP_LABEL_KEY = "shard_group"
@@ -53,8 +53,13 @@ def _local_task(project: Project, stage: StageSpec, groups: Any) -> Any:
     root = project.root
     doc = f"`{stage.cmd}`" + (" `--shards ...`: one task per shard group" if stage.fan_out else "")
 
-    @task(task_id=stage.task_id, doc_md=doc, map_index_template="{{ " + GROUP_LABEL_KEY + " }}" if stage.fan_out else None,
-          multiple_outputs=False, **task_defaults(project.settings))
+    @task(
+        task_id=stage.task_id,
+        doc_md=doc,
+        map_index_template="{{ " + GROUP_LABEL_KEY + " }}" if stage.fan_out else None,
+        multiple_outputs=False,
+        **task_defaults(project.settings),
+    )
     def run(shards: list[str] | None = None) -> dict[str, Any]:
         if shards:
             get_current_context()[GROUP_LABEL_KEY] = group_label(shards)  # type: ignore[literal-required]
@@ -89,9 +94,9 @@ def _pod_kwargs(project: Project, stage: StageSpec, shards: Sequence[str] | None
     argv = stage.command(list(shards) if shards else None)
     kwargs = pod_operator_kwargs(stage.base_name, argv, project.params.kubernetes)
     arguments, own = list(kwargs["arguments"]), argv[1:]
-    if arguments[len(arguments) - len(own):] != own:
+    if arguments[len(arguments) - len(own) :] != own:
         raise ValueError(f"pod arguments {arguments} do not end with the command's own {own}")
-    kwargs["cmds"] = [argv[0], *arguments[:len(arguments) - len(own)], *_form_flags(project, stage)]
+    kwargs["cmds"] = [argv[0], *arguments[: len(arguments) - len(own)], *_form_flags(project, stage)]
     kwargs["arguments"] = own
     return kwargs
 
@@ -101,8 +106,9 @@ def _kubernetes_task(project: Project, stage: StageSpec, groups: Any) -> Any:
     if stage.component == "train":
         return _trainjob_task(project, stage, defaults)
     if groups is None:
-        return KubernetesPodOperator(task_id=stage.task_id, doc_md=f"`{stage.cmd}`", **defaults,
-                                     **_pod_kwargs(project, stage, None))
+        return KubernetesPodOperator(
+            task_id=stage.task_id, doc_md=f"`{stage.cmd}`", **defaults, **_pod_kwargs(project, stage, None)
+        )
 
     # What differs between two shard groups is mapped; the rest is shared by every pod.
     probe_a, probe_b = _pod_kwargs(project, stage, ["00000"]), _pod_kwargs(project, stage, ["99999"])
@@ -115,10 +121,13 @@ def _kubernetes_task(project: Project, stage: StageSpec, groups: Any) -> Any:
         mapped["labels"] = {**(kwargs.get("labels") or {}), GROUP_POD_LABEL: group_label(shards)}
         return mapped
 
-    return (KubernetesPodOperator.partial(task_id=stage.task_id, doc_md=f"`{stage.cmd}` `--shards ...`",
-                                          map_index_template="{{ task.labels['" + GROUP_POD_LABEL + "'] }}",
-                                          **defaults, **shared)
-            .expand_kwargs(groups.map(per_group)))
+    return KubernetesPodOperator.partial(
+        task_id=stage.task_id,
+        doc_md=f"`{stage.cmd}` `--shards ...`",
+        map_index_template="{{ task.labels['" + GROUP_POD_LABEL + "'] }}",
+        **defaults,
+        **shared,
+    ).expand_kwargs(groups.map(per_group))
 
 
 #: A TrainJob is named per stage and DAG run (a retry of the run's task attaches to it).
@@ -128,6 +137,12 @@ TRAINJOB_NAME = "fgclip-{stage}-{{{{ dag_run.run_after.strftime('%Y%m%d-%H%M%S-%
 def _trainjob_task(project: Project, stage: StageSpec, defaults: dict[str, Any]) -> Any:
     name = TRAINJOB_NAME.format(stage=stage.task_id.replace("_", "-"))
     argv = stage.command()
-    return TrainJobOperator.for_command(task_id=stage.task_id, argv=[argv[0], *_form_flags(project, stage), *argv[1:]],
-                                        settings=project.params.kubernetes, num_nodes=f"{{{{ params.{NUM_NODES} }}}}",
-                                        name=name, doc_md=f"`{stage.cmd}` as a multi-node TrainJob", **defaults)
+    return TrainJobOperator.for_command(
+        task_id=stage.task_id,
+        argv=[argv[0], *_form_flags(project, stage), *argv[1:]],
+        settings=project.params.kubernetes,
+        num_nodes=f"{{{{ params.{NUM_NODES} }}}}",
+        name=name,
+        doc_md=f"`{stage.cmd}` as a multi-node TrainJob",
+        **defaults,
+    )

@@ -1,0 +1,1 @@
+"""Detector backends, one module each; `interface.DETECTORS` names them."""

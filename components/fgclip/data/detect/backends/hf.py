@@ -98,7 +98,7 @@ class HFZeroShotDetector(Detector):
             self.expressions += sum(len(item.expressions) for item in chosen)
             for index, candidates in zip(opened, found):
                 outcomes[index] = candidates
-        return outcomes  # type: ignore[return-value]  (every slot is filled above)
+        return outcomes  # type: ignore[return-value]  # every slot is filled above
 
     def run(self, items: Sequence[DetectItem], images: list[Any]) -> list[Outcome]:
         """Candidate lists per expression (or the item's error) for each item, from one
@@ -175,7 +175,7 @@ class GroundingDinoDetector(HFZeroShotDetector):
         self.throughput.add(tokens=int(inputs["attention_mask"].sum()))
         outputs = self.model(**self.to_device(inputs))
         probabilities = outputs.logits.float().sigmoid()  # (rows, queries, text positions)
-        boxes = center_to_corners_format(outputs.pred_boxes.float())  # normalised to each image, padding excluded
+        boxes: Any = center_to_corners_format(outputs.pred_boxes.float())  # normalised to each image, padding excluded
         found: list[Any] = [[[] for _ in item.expressions] for item in items]
         for row, ((n, group), text) in enumerate(zip(rows, texts)):
             width, height = images[n].width, images[n].height

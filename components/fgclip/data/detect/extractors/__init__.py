@@ -1,0 +1,1 @@
+"""Expression extractors, one module each; `expressions.EXTRACTORS` names them."""

@@ -75,9 +75,9 @@ class RulesExtractor(ExpressionExtractor):
         for mention in mentions:  # left to right: a phrase only reaches rightwards
             if mention.relation:
                 continue
-            phrase = self._following(parser, mention.head_index)
-            if phrase is not None:
-                mention.phrases.insert(0, phrase)
+            following = self._following(parser, mention.head_index)
+            if following is not None:
+                mention.phrases.insert(0, following)
                 for index in phrase.object_heads:
                     if index in by_head:
                         by_head[index].relation = True

@@ -1,0 +1,1 @@
+"""Negative generators, one module each; `interface.GENERATORS` names them."""

@@ -72,7 +72,7 @@ class RulesNegativeGenerator(NegativeGenerator):
             return []
         lowered = [w.lower() for w in words]
         head = max((i for i, w in enumerate(lowered) if noun_lemma(w)), default=len(words) - 1)
-        slots = [(i, attribute_class(w)) for i, w in enumerate(lowered) if i != head and attribute_class(w)]
+        slots = [(i, cls) for i, w in enumerate(lowered) if i != head and (cls := attribute_class(w)) is not None]
         present = {cls for _, cls in slots}
         missing = [cls for cls in INSERTABLE if cls not in present]
         chosen: list[str] = []

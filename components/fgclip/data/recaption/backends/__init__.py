@@ -1,0 +1,1 @@
+"""Caption backends, one module each; `interface.BACKENDS` names them."""

@@ -48,9 +48,10 @@ class HFCaptioner(CaptionBackend):
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.dtype, self.device)
         self.processor = load_or_explain(AutoProcessor, self.settings, "caption processor")
-        self.tokenizer = getattr(self.processor, "tokenizer", None)
-        if self.tokenizer is None:
+        tokenizer: Any = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None:
             raise ModelLoadError(f"{self.settings.model!r}: its processor has no tokenizer; not an image-text-to-text model")
+        self.tokenizer = tokenizer
         # Decoder-only models continue the last position: pad on the left so every row ends at its prompt.
         self.tokenizer.padding_side = "left"
         extra = {"attn_implementation": self.settings.attn_implementation} if self.settings.attn_implementation else {}
@@ -163,7 +164,7 @@ class HFCaptioner(CaptionBackend):
 
     def _generation_eos(self) -> list[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
-        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        return list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
 
 
 def build(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
