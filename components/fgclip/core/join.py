@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fgclip.core.shards import RawSample, RawShardReader, annotation_path, read_annotations
-from fgclip.core.storage import local_path
+from fgclip.core.storage import exists, join
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _load_stage(folder: str | Path | None, shard: str, stage: str) -> dict[str, 
     """A stage's records of one shard by key; None when the stage is not joined."""
     if folder is None:
         return None
-    if not annotation_path(folder, shard).is_file():
+    if not exists(annotation_path(folder, shard)):
         log.warning("join: %s has no %s records for shard %s; its samples count as missing", folder, stage, shard)
         return {}
     return read_annotations(folder, shard)
@@ -143,7 +143,7 @@ def join_shard(
     captions = _load_stage(captions_dir, shard, "captions") or {}
     regions = _load_stage(regions_dir, shard, "regions")
     negatives = _load_stage(negatives_dir, shard, "negatives")
-    reader = RawShardReader(local_path(images_dir) / f"{shard}.tar", decode_images=decode_images)
+    reader = RawShardReader(join(images_dir, f"{shard}.tar"), decode_images=decode_images)
     seen: set[str] = set()
     for sample in reader:
         seen.add(sample.key)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fgclip.core.storage import local_path, write_bytes_atomic
+from fgclip.core.storage import is_s3, join, list_files, local_path, name_of, open_read, read_bytes, write_bytes_atomic
 
 T = TypeVar("T")
 
@@ -84,15 +84,11 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def list_shards(folder: str | Path, suffix: str = ".tar") -> list[str]:
-    """Shard ids (`00000`, ...) of a folder, sorted."""
-    root = local_path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shard folder {root} does not exist")
-    return sorted(
-        p.name[: -len(suffix)]
-        for p in root.iterdir()
-        if p.name.endswith(suffix) and SHARD_PATTERN.match(p.name[: -len(suffix)])
-    )
+    """Shard ids (`00000`, ...) of a folder or s3:// prefix, sorted (files directly in it)."""
+    if not is_s3(folder) and not local_path(folder).is_dir():
+        raise FileNotFoundError(f"shard folder {folder} does not exist")
+    names = (name for name in list_files(folder, suffix) if "/" not in name)
+    return sorted(name[: -len(suffix)] for name in names if SHARD_PATTERN.match(name[: -len(suffix)]))
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -111,8 +107,9 @@ class RawShardReader:
     """Iterates the valid samples of one image shard; `rejects` collects the rest."""
 
     def __init__(self, path: str | Path, *, decode_images: bool = True) -> None:
-        self.path = local_path(path)
-        self.shard = self.path.name.split(".")[0]
+        self.path = str(path)  # a local path or an s3:// URL, streamed as it is read
+        self.name = name_of(path)
+        self.shard = self.name.split(".")[0]
         self.decode_images = decode_images
         self.rejects: list[Reject] = []
         self.members_read = 0
@@ -131,9 +128,9 @@ class RawShardReader:
         group: dict[str, bytes] = {}
         reading: str | None = None  # key of the member whose data is being read
         try:
-            with open(self.path, "rb") as handle:
+            with open_read(self.path) as handle:
                 if handle.read(1) == b"":
-                    self._reject(None, "empty_shard", f"{self.path.name} is an empty file")
+                    self._reject(None, "empty_shard", f"{self.name} is an empty file")
                     return
                 handle.seek(0)
                 with tarfile.open(fileobj=handle, mode="r|*") as archive:
@@ -185,7 +182,7 @@ class RawShardReader:
             if sample is not None:
                 yield sample
         if self.members_read == 0:
-            self._reject(None, "empty_shard", f"{self.path.name} holds no members")
+            self._reject(None, "empty_shard", f"{self.name} holds no members")
 
     @staticmethod
     def _cut_header(handle: Any, archive: tarfile.TarFile) -> bool:
@@ -335,8 +332,7 @@ def write_image_shard(folder: str | Path, shard: str, samples: Iterable[ShardSam
                     "url": meta.get("url"),
                 }
             )
-    root = local_path(folder)
-    write_bytes_atomic(root / f"{shard}.tar", buffer.getvalue())
+    write_bytes_atomic(join(folder, f"{shard}.tar"), buffer.getvalue())
     table = pa.Table.from_pylist(
         rows,
         schema=pa.schema(
@@ -352,23 +348,21 @@ def write_image_shard(folder: str | Path, shard: str, samples: Iterable[ShardSam
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_bytes_atomic(root / f"{shard}.parquet", sink.getvalue().to_pybytes())
+    write_bytes_atomic(join(folder, f"{shard}.parquet"), sink.getvalue().to_pybytes())
     return len(rows)
 
 
 # ---------------------------------------------------------------- annotation files
 
 
-def annotation_path(folder: str | Path, shard: str, kind: str = "") -> Path:
-    """`folder/shard.jsonl`, or `folder/shard.<kind>.json[l]` for rejects and manifests."""
-    root = local_path(folder)
-    if kind == "":
-        return root / f"{shard}.jsonl"
-    if kind == "rejects":
-        return root / f"{shard}.rejects.jsonl"
-    if kind == "manifest":
-        return root / f"{shard}.manifest.json"
-    raise ValueError(f"unknown annotation kind {kind!r}")
+def annotation_path(folder: str | Path, shard: str, kind: str = "") -> str | Path:
+    """`folder/shard.jsonl`, or `folder/shard.<kind>.json[l]` for rejects and manifests:
+    a Path in a local folder, an s3:// URL under an S3 prefix (read and write either with
+    fgclip.core.storage)."""
+    names = {"": f"{shard}.jsonl", "rejects": f"{shard}.rejects.jsonl", "manifest": f"{shard}.manifest.json"}
+    if kind not in names:
+        raise ValueError(f"unknown annotation kind {kind!r}")
+    return join(folder, names[kind]) if is_s3(folder) else local_path(folder) / names[kind]
 
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
@@ -383,13 +377,13 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> b
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     records = []
-    with open(local_path(path), encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON: {error}") from error
+    # split on newlines only: a caption may hold U+2028, which str.splitlines would cut at
+    for number, line in enumerate(read_bytes(path).decode("utf-8").split("\n"), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON: {error}") from error
     return records
 
 

@@ -25,7 +25,18 @@ from tqdm import tqdm
 
 from fgclip.core import schema
 from fgclip.core.shards import Reject, annotation_path, dumps_jsonl, read_jsonl, write_jsonl_atomic
-from fgclip.core.storage import local_path, sha256_bytes, sha256_file, write_bytes_atomic, write_text_atomic
+from fgclip.core.storage import (
+    exists,
+    is_s3,
+    list_files,
+    local_path,
+    read_text,
+    remove,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +55,9 @@ class ShardStage(ABC):
     record_kind: str  # the contract definition every output record must satisfy
 
     @abstractmethod
-    def shard_inputs(self, shard: str) -> dict[str, Path]:
-        """Named input files of one shard; their contents go into the fingerprint."""
+    def shard_inputs(self, shard: str) -> dict[str, str | Path]:
+        """Named input files of one shard (local paths or s3:// URLs); their contents go
+        into the fingerprint."""
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -101,19 +113,19 @@ def fingerprint(stage: str, input_digests: dict[str, str], settings: dict[str, A
 def _digest_inputs(stage: ShardStage, shard: str) -> dict[str, str]:
     digests = {}
     for name, path in sorted(stage.shard_inputs(shard).items()):
-        if not local_path(path).is_file():
+        if not exists(path):
             raise FileNotFoundError(f"{stage.name}: input {name!r} of shard {shard} is missing: {path}")
         digests[name] = sha256_file(path)
     return digests
 
 
-def _is_current(out_dir: Path, shard: str, expected: str) -> dict[str, Any] | None:
+def _is_current(out_dir: str, shard: str, expected: str) -> dict[str, Any] | None:
     """The manifest of a finished shard with this fingerprint and intact outputs, else None."""
     manifest_file = annotation_path(out_dir, shard, "manifest")
-    if not manifest_file.is_file():
+    if not exists(manifest_file):
         return None
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        manifest = json.loads(read_text(manifest_file))
     except (OSError, ValueError):
         log.warning("%s: manifest unreadable, redoing the shard", manifest_file)
         return None
@@ -121,19 +133,19 @@ def _is_current(out_dir: Path, shard: str, expected: str) -> dict[str, Any] | No
         return None
     for kind, digest in manifest.get("outputs", {}).items():
         path = annotation_path(out_dir, shard, "" if kind == "records" else kind)
-        if not path.is_file() or sha256_file(path) != digest:
-            log.warning("%s: output %s changed or missing, redoing the shard", out_dir, path.name)
+        if not exists(path) or sha256_file(path) != digest:
+            log.warning("%s: output %s changed or missing, redoing the shard", out_dir, path)
             return None
     return manifest
 
 
-def _remove_stale(out_dir: Path, keep: set[str]) -> None:
-    for manifest_file in out_dir.glob("*.manifest.json"):
-        shard = manifest_file.name.split(".")[0]
-        if shard not in keep:
+def _remove_stale(out_dir: str, keep: set[str]) -> None:
+    for name in list_files(out_dir, ".manifest.json"):
+        shard = name.split(".")[0]
+        if "/" not in name and shard not in keep:
             log.info("%s: shard %s is no longer an input; removing its outputs", out_dir, shard)
             for kind in ("", "rejects", "manifest"):
-                annotation_path(out_dir, shard, kind).unlink(missing_ok=True)
+                remove(annotation_path(out_dir, shard, kind))
 
 
 def _count(summary: StageSummary, rejects: list[dict[str, Any]]) -> None:
@@ -149,8 +161,9 @@ def run_stage(
     `prune` removes outputs of shards that are not in `shards`: right when `shards` is the
     whole input, wrong when it is one group of a fan-out (the other groups' work).
     """
-    out = local_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(out_dir)  # a local folder or an s3:// prefix
+    if not is_s3(out):
+        local_path(out).mkdir(parents=True, exist_ok=True)
     if prune:
         _remove_stale(out, set(shards))
     settings = stage.settings()
@@ -176,7 +189,7 @@ def run_stage(
 def _run_shard(
     stage: ShardStage,
     shard: str,
-    out: Path,
+    out: str,
     expected: str,
     digests: dict[str, str],
     settings: dict[str, Any],

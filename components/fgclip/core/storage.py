@@ -1,6 +1,13 @@
 """Storage paths as URLs. A plain path or file:// URL is a local folder (the default);
 s3://bucket/key is an object in any S3-compatible store (AWS, MinIO, SeaweedFS, Ceph...)
-behind the same few functions: write, read, exists, list, copy, sha256.
+behind the same few functions: write, read, exists, list, copy, sha256, and `open_read`,
+`join`, `remove`, `object_pin` for code that streams or walks folders.
+
+Whole small objects (records, manifests, reports) go through boto3: one PUT or GET with
+botocore's retries. Streams (image shards read in place, URL lists, parquet sidecars) and
+file handles go through fsspec (s3fs for s3://, configured from the same settings), the
+filesystem layer DVC, pyarrow and img2dataset use too, so a shard is read with ranged
+requests as it is consumed and never copied whole into the workspace.
 
 Every write is atomic: a local file goes to a temporary name beside the target and is
 renamed into place; an S3 object is written with one PUT, which S3 makes visible all at
@@ -24,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
+
+import fsspec
 
 from fgclip.core.config import S3Config
 
@@ -53,6 +62,88 @@ def local_path(url: str | Path) -> Path:
 
 def is_s3(url: str | Path) -> bool:
     return urlparse(str(url)).scheme == S3_SCHEME
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """`base`/part/...: a local path stays a local path, an s3:// URL stays a URL."""
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *(part.strip("/") for part in parts if part)])
+    return str(Path(local_path(base), *parts))
+
+
+def path_in(folder: str | Path, *parts: str) -> str | Path:
+    """`join`, but a Path for a local folder (callers that only ever see local folders
+    keep Path's methods)."""
+    return join(folder, *parts) if is_s3(folder) else Path(local_path(folder), *parts)
+
+
+def name_of(url: str | Path) -> str:
+    """The last component of a local path or URL (`00000.tar`)."""
+    return str(url).rstrip("/").rsplit("/", 1)[-1]
+
+
+def filesystem(url: str | Path) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) for a local path or an s3:// URL."""
+    if not is_s3(url):
+        return fsspec.filesystem("file"), str(local_path(url))
+    settings = s3_settings()
+    fs = fsspec.filesystem(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        use_listings_cache=False,  # other processes write the same prefixes; never trust a stale listing
+        client_kwargs={"region_name": settings.region},
+        config_kwargs={
+            "retries": {"total_max_attempts": settings.max_attempts, "mode": settings.retry_mode},
+            "connect_timeout": settings.connect_timeout_s,
+            "read_timeout": settings.read_timeout_s,
+            "s3": {"addressing_style": settings.addressing_style},
+        },
+    )
+    location = S3Location.parse(url)
+    return fs, f"{location.bucket}/{location.key}"
+
+
+@contextmanager
+def open_read(url: str | Path) -> Iterator[IO[bytes]]:
+    """A binary, seekable read handle on a local file or an S3 object (ranged GETs as it is
+    read); a missing one raises FileNotFoundError."""
+    if not is_s3(url):
+        with open(local_path(url), "rb") as handle:
+            yield handle
+        return
+    fs, path = filesystem(url)
+    try:
+        handle = fs.open(path, "rb")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{url} does not exist") from error
+    with handle:
+        yield handle
+
+
+def remove(url: str | Path) -> None:
+    """Delete a file or object if it is there."""
+    if not is_s3(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    location = S3Location.parse(url)
+    with _s3_errors(location):
+        s3_client().delete_object(Bucket=location.bucket, Key=location.key)
+
+
+def object_pin(url: str | Path, *, hash_local: bool = True) -> dict[str, Any]:
+    """What identifies the content of one file: its size and, for S3, the object's ETag
+    (the store's content tag: checking it costs one HEAD, not a read); for a local file its
+    SHA-256 (or only the size and mtime with hash_local=False)."""
+    if is_s3(url):
+        location = S3Location.parse(url)
+        with _s3_errors(location):
+            head = s3_client().head_object(Bucket=location.bucket, Key=location.key)
+        return {"size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
+    path = local_path(url)
+    stat = path.stat()
+    if hash_local:
+        return {"size": stat.st_size, "sha256": sha256_file(path)}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,17 @@ from typing import Any
 import yaml
 
 from fgclip.core.config import TrackingConfig
-from fgclip.core.storage import local_path, sha256_file
+from fgclip.core.storage import (
+    exists,
+    filesystem,
+    is_s3,
+    join,
+    list_files,
+    local_path,
+    name_of,
+    object_pin,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,8 @@ def dataset_digest(path: str | Path) -> tuple[str, str]:
     The DVC md5 recorded in dvc.lock when the path is a tracked output (origin "dvc"),
     otherwise a sha256 over the relative paths and contents of its files ("sha256").
     """
+    if is_s3(path):
+        return _listing_digest(path), "etag"
     target = local_path(path).resolve()
     root = _find_dvc_root(target if target.is_dir() else target.parent)
     if root is not None and (root / "dvc.lock").is_file():
@@ -63,6 +76,17 @@ def dataset_digest(path: str | Path) -> tuple[str, str]:
         digest.update(str(file.relative_to(target if target.is_dir() else target.parent)).encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest(), "sha256"
+
+
+def _listing_digest(url: str | Path) -> str:
+    """An S3 folder's digest from its listing: each object's name, size and ETag (reading
+    every shard of a bucket to hash it would cost as much as the build itself)."""
+    digest = hashlib.sha256()
+    names = list_files(url) or ([""] if exists(url) else [])
+    for name in names:
+        pin = object_pin(join(url, name) if name else url)
+        digest.update(f"{name}\t{pin['size']}\t{pin['etag']}\n".encode())
+    return digest.hexdigest()
 
 
 class Tracker:
@@ -94,6 +118,13 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow:
+            if is_s3(path):  # MLflow logs local files: bring the object(s) over first
+                with tempfile.TemporaryDirectory(prefix="fgclip-artifact-") as scratch:
+                    fs, remote = filesystem(path)
+                    local = Path(scratch) / name_of(path)
+                    fs.get(remote, str(local), recursive=fs.isdir(remote))
+                    self.log_artifact(local, artifact_path)
+                return
             target = local_path(path)
             if target.is_dir():
                 self._mlflow.log_artifacts(str(target), artifact_path)
@@ -115,7 +146,12 @@ class Tracker:
             from mlflow.data.meta_dataset import MetaDataset
             from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
 
-            source = LocalArtifactDatasetSource(str(local_path(path).resolve()))
+            if is_s3(path):
+                from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+                source = resolve_dataset_source(str(path))
+            else:
+                source = LocalArtifactDatasetSource(str(local_path(path).resolve()))
             dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]  # not an ABC at run time
             self._mlflow.log_input(dataset, context=context)
             self._mlflow.set_tag(f"dataset.{name}.digest", digest)

@@ -62,7 +62,7 @@ class TruthSidecar:
         self._cached: tuple[str, dict[str, dict[str, Any]] | TruthUnavailable] | None = None
 
     def path(self, shard: str) -> Path:
-        return annotation_path(self.folder, shard)
+        return Path(annotation_path(self.folder, shard))  # the demo world is always a local folder
 
     def records(self, shard: str) -> dict[str, dict[str, Any]]:
         """Every record of `shard` by key; TruthUnavailable when its file cannot be used."""

@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
+from fgclip.core.storage import exists
 from fgclip.core.stage_command import add_stage_arguments, run_tracked_stage, select_shards
 from fgclip.data.detect.stage import DetectStage
 from fgclip.errors import ComponentError
@@ -31,7 +32,7 @@ def command(args: argparse.Namespace, params: Params) -> int:
         stage = DetectStage(args.images, args.captions, args.truth, params.detect, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
-    missing = sorted(str(path) for shard in shards for path in stage.shard_inputs(shard).values() if not path.is_file())
+    missing = sorted(str(path) for shard in shards for path in stage.shard_inputs(shard).values() if not exists(path))
     if missing:
         raise ComponentError(f"{len(missing)} input file(s) missing, e.g. {', '.join(missing[:3])}")
     inputs = {"images": args.images, "captions": args.captions}

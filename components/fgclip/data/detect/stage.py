@@ -22,7 +22,7 @@ from typing import Any
 from fgclip.core import schema
 from fgclip.core.shards import RawSample, RawShardReader, Reject, annotation_path, batched, read_jsonl
 from fgclip.core.stage import ShardResult, ShardStage
-from fgclip.core.storage import local_path
+from fgclip.core.storage import local_path, path_in
 from fgclip.data.detect.config import DetectConfig
 from fgclip.data.detect.expressions import ExpressionExtractor, build_extractor
 from fgclip.data.detect.interface import DetectContext, Detector, DetectorError, DetectItem, build_detector
@@ -38,8 +38,8 @@ class DetectStage(ShardStage):
     def __init__(self, images_dir: str | Path, captions_dir: str | Path, truth_dir: str | Path | None,
                  config: DetectConfig, seed: int, *, extractor: ExpressionExtractor | None = None,
                  detector: Detector | None = None) -> None:
-        self.images_dir = local_path(images_dir)
-        self.captions_dir = local_path(captions_dir)
+        self.images_dir = str(images_dir)  # local folders or s3:// prefixes
+        self.captions_dir = str(captions_dir)
         self.truth_dir = local_path(truth_dir) if truth_dir is not None else None
         self.config = config
         self.seed = seed
@@ -48,8 +48,11 @@ class DetectStage(ShardStage):
         if self.detector.needs_truth and self.truth_dir is None:
             raise ValueError("this detector backend reads the truth sidecar; give the truth folder")
 
-    def shard_inputs(self, shard: str) -> dict[str, Path]:
-        inputs = {"images": self.images_dir / f"{shard}.tar", "captions": annotation_path(self.captions_dir, shard)}
+    def shard_inputs(self, shard: str) -> dict[str, str | Path]:
+        inputs: dict[str, str | Path] = {
+            "images": path_in(self.images_dir, f"{shard}.tar"),
+            "captions": annotation_path(self.captions_dir, shard),
+        }
         if self.detector.needs_truth and self.truth_dir is not None:
             inputs["truth"] = annotation_path(self.truth_dir, shard)
         return inputs
@@ -79,7 +82,7 @@ class DetectStage(ShardStage):
     def process_shard(self, shard: str) -> ShardResult:
         rejects: list[Reject] = []
         captions = self._captions(shard, rejects)
-        reader = RawShardReader(self.images_dir / f"{shard}.tar")
+        reader = RawShardReader(path_in(self.images_dir, f"{shard}.tar"))
         records: list[dict[str, Any]] = []
         seen: set[str] = set()
         for batch in batched(reader, self.config.batch_size):

@@ -30,7 +30,6 @@ from fgclip.core import schema
 from fgclip.core.seeding import keyed_random
 from fgclip.core.shards import Reject, annotation_path, read_jsonl
 from fgclip.core.stage import ShardResult, ShardStage
-from fgclip.core.storage import local_path
 from fgclip.data.negatives.config import NegativesConfig
 from fgclip.data.negatives.interface import NegativeGenerator, NegativeRequest, Proposal, build_generator
 from fgclip.data.negatives.validation import select_valid, validate_negatives
@@ -61,13 +60,13 @@ class NegativesStage(ShardStage):
 
     def __init__(self, regions_dir: str | Path, config: NegativesConfig, seed: int, *,
                  generator: NegativeGenerator | None = None) -> None:
-        self.regions_dir = local_path(regions_dir)
+        self.regions_dir = str(regions_dir)  # a local folder or an s3:// prefix
         self.config = config
         self.seed = seed
         self.generator = generator or build_generator(config)
         self.counts = RegionCounts()
 
-    def shard_inputs(self, shard: str) -> dict[str, Path]:
+    def shard_inputs(self, shard: str) -> dict[str, str | Path]:
         return {"regions": annotation_path(self.regions_dir, shard)}
 
     def settings(self) -> dict[str, Any]:

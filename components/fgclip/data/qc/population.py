@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fgclip.core.shards import annotation_path, read_jsonl
+from fgclip.core.storage import exists
 
 @dataclass(frozen=True)
 class RegionItem:
@@ -40,7 +41,7 @@ class RegionItem:
 
 def records_by_key(folder: str | Path, shard: str, what: str) -> dict[str, dict[str, Any]]:
     path = annotation_path(folder, shard)
-    if not path.is_file():
+    if not exists(path):
         raise FileNotFoundError(f"{what} of shard {shard} are missing: {path} (has the {what} stage run?)")
     records = {}
     for number, record in enumerate(read_jsonl(path), 1):

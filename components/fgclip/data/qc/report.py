@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fgclip.core.shards import RawShardReader, dumps_jsonl
-from fgclip.core.storage import local_path, write_text_atomic
+from fgclip.core.storage import exists, join, local_path, write_text_atomic
 from fgclip.data.qc.config import QCConfig
 from fgclip.data.qc.estimate import Assessment
 from fgclip.data.qc.gallery import GalleryCard, boxed_image_uri, write_gallery
@@ -33,8 +33,8 @@ def gallery_cards(assessments: Sequence[Assessment], images_dir: str | Path, con
         wanted.setdefault(a.item.shard, set()).add(a.item.key)
     images: dict[tuple[str, str], bytes] = {}
     for shard in tqdm(sorted(wanted), desc="qc: gallery images", unit="shard", disable=not progress):
-        path = local_path(images_dir) / f"{shard}.tar"
-        if not path.is_file():
+        path = join(images_dir, f"{shard}.tar")
+        if not exists(path):
             log.warning("gallery: image shard %s is missing", path)
             continue
         reader = RawShardReader(path, decode_images=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fgclip.core.shards import RawShardReader, Reject, batched
 from fgclip.core.stage import ShardResult, ShardStage
-from fgclip.core.storage import local_path
+from fgclip.core.storage import local_path, path_in
 from fgclip.data.recaption.config import RecaptionConfig
 from fgclip.data.recaption.interface import BackendResources, CaptionBackend, CaptionContext, make_backend
 
@@ -25,14 +25,14 @@ class RecaptionStage(ShardStage):
 
     def __init__(self, images_dir: str | Path, truth_dir: str | Path | None, config: RecaptionConfig, seed: int,
                  *, backend: CaptionBackend | None = None) -> None:
-        self.images_dir = local_path(images_dir)
+        self.images_dir = str(images_dir)  # a local folder or an s3:// prefix, read in place
         self.config = config
         self.seed = seed
         resources = BackendResources(truth_dir=local_path(truth_dir) if truth_dir is not None else None)
         self.backend = backend if backend is not None else make_backend(config, resources)
 
-    def shard_inputs(self, shard: str) -> dict[str, Path]:
-        return {"images": self.images_dir / f"{shard}.tar", **self.backend.shard_inputs(shard)}
+    def shard_inputs(self, shard: str) -> dict[str, str | Path]:
+        return {"images": path_in(self.images_dir, f"{shard}.tar"), **self.backend.shard_inputs(shard)}
 
     def settings(self) -> dict[str, Any]:
         # A model backend's section also says where it runs (URL, device, local path): its
@@ -44,7 +44,7 @@ class RecaptionStage(ShardStage):
         return self.backend.metrics()
 
     def process_shard(self, shard: str) -> ShardResult:
-        reader = RawShardReader(self.images_dir / f"{shard}.tar")
+        reader = RawShardReader(path_in(self.images_dir, f"{shard}.tar"))
         context = CaptionContext(shard, self.seed)
         records: list[dict[str, Any]] = []
         failures: list[Reject] = []
