@@ -19,7 +19,9 @@ from fgclip.config import load_params, parse_override
 from fgclip.errors import ComponentError, ExitCode
 
 COMPONENTS: dict[str, str] = {
+    "dataset": "fgclip.datasets.cli",
     "demo-world": "fgclip.demo.cli",
+    "ingest": "fgclip.data.ingest.cli",
     "recaption": "fgclip.data.recaption.cli",
     "detect": "fgclip.data.detect.cli",
     "negatives": "fgclip.data.negatives.cli",

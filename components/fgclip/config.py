@@ -15,9 +15,11 @@ import yaml
 
 from fgclip.core.config import Section, TrackingConfig
 from fgclip.data.detect.config import DetectConfig
+from fgclip.data.ingest.config import IngestConfig
 from fgclip.data.negatives.config import NegativesConfig
 from fgclip.data.qc.config import QCConfig
 from fgclip.data.recaption.config import RecaptionConfig
+from fgclip.datasets.config import DatasetConfig
 from fgclip.demo.config import DemoWorldConfig
 from fgclip.eval.config import EvalConfig
 from fgclip.model.config import ModelConfig
@@ -28,7 +30,9 @@ from fgclip.train.config import TrainConfig
 
 class Params(Section):
     seed: int = 0
+    dataset: DatasetConfig = DatasetConfig()
     demo: DemoWorldConfig = DemoWorldConfig()
+    ingest: IngestConfig = IngestConfig()
     recaption: RecaptionConfig = RecaptionConfig()
     detect: DetectConfig = DetectConfig()
     negatives: NegativesConfig = NegativesConfig()

@@ -35,11 +35,16 @@ def add_stage_arguments(parser: argparse.ArgumentParser, records: str) -> None:
 
 
 def select_shards(
-    folder: str | Path, requested: Sequence[str] | None, suffix: str = ".tar", hint: str = ""
+    folder: str | Path,
+    requested: Sequence[str] | None,
+    suffix: str = ".tar",
+    hint: str = "",
+    within: Sequence[str] | None = None,
 ) -> tuple[list[str], bool]:
-    """(shards to run, whether they are all of them) from the shards present in `folder`."""
+    """(shards to run, whether they are all of them) from the shards present in `folder`,
+    or from `within` (the shards a dataset manifest pins) when given."""
     try:
-        available = list_shards(folder, suffix=suffix)
+        available = sorted(within) if within is not None else list_shards(folder, suffix=suffix)
     except FileNotFoundError as error:
         raise ComponentError(str(error)) from error
     if not available:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fgclip.core.dataset import HELDOUT_IMAGES, HELDOUT_TRUTH, load_manifest
 from fgclip.core.tracking import Tracker, dataset_digest, tracked_run
 from fgclip.errors import ComponentError
+from fgclip.eval.built import evaluate_built
 from fgclip.eval.embedding import Embedder
-from fgclip.eval.evaluate import EvalError, evaluate
+from fgclip.eval.evaluate import EvalError, evaluate, load_fgovd_images
 from fgclip.eval.report import write_outputs
+from fgclip.eval.tasks import evaluate_fgovd
 from fgclip.model.embedder import FGCLIPEmbedder, ModelFolderError
 
 if TYPE_CHECKING:
@@ -42,17 +45,38 @@ def log_run(tracker: Tracker, args: argparse.Namespace, params: Params, embedder
         }
     )
     tracker.log_dataset(args.images, "heldout_images")
-    tracker.log_dataset(args.truth, "heldout_truth")
+    if args.truth:
+        tracker.log_dataset(args.truth, "heldout_truth")
     if args.fgovd_dir:
         tracker.log_dataset(args.fgovd_dir, "fgovd")
     digest, origin = dataset_digest(args.model)
     tracker.set_tags({"model.digest": digest, "model.digest_origin": origin, "model.dir": str(args.model)})
 
 
+def with_benchmark(
+    embedder: Embedder, params: Params, args: argparse.Namespace, metrics: dict[str, float], counts: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    splits, image_paths, fgovd_counts = load_fgovd_images(args.fgovd_dir, args.coco_images, params)
+    counts = {**counts, **fgovd_counts}
+    if image_paths:
+        more_metrics, more_counts = evaluate_fgovd(splits, image_paths, embedder, params, not args.no_progress)
+        metrics, counts = {**metrics, **more_metrics}, {**counts, **more_counts}
+    return dict(sorted(metrics.items())), counts
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="FG-CLIP checkpoint folder (model, tokenizer, image processor)")
-    parser.add_argument("--images", required=True, help="held-out image shards (NNNNN.tar)")
-    parser.add_argument("--truth", required=True, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset manifest: the demo's held-out split, or the held-out "
+        "shards of a built dataset (with --captions, --regions, --negatives)",
+    )
+    parser.add_argument("--images", default=None, help="held-out demo image shards (NNNNN.tar), with --truth")
+    parser.add_argument("--truth", default=None, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set")
+    parser.add_argument("--captions", default=None, help="built data: the captions stage folder")
+    parser.add_argument("--regions", default=None, help="built data: the regions stage folder")
+    parser.add_argument("--negatives", default=None, help="built data: the negatives stage folder")
     parser.add_argument("--out", required=True, help="report folder: metrics.json, counts.json, metrics.png")
     parser.add_argument("--fgovd-dir", default=None, help="FG-OVD benchmark folder (*_llava.jsonl)")
     parser.add_argument("--coco-images", default=None, help="COCO val2017 images for FG-OVD (resolved by file name)")
@@ -61,6 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     if args.coco_images and not args.fgovd_dir:
         raise ComponentError("--coco-images needs --fgovd-dir")
+    manifest = load_manifest(args.dataset) if args.dataset else None
+    if manifest is not None and HELDOUT_TRUTH in manifest.sidecars:  # the demo world's labelled held-out split
+        args.images, args.truth = manifest.sidecars[HELDOUT_IMAGES], manifest.sidecars[HELDOUT_TRUTH]
+    built = manifest is not None and args.truth is None
+    if built and not (args.captions and args.regions and args.negatives):
+        raise ComponentError(
+            "a built dataset is evaluated on its held-out shards: give --captions, --regions, --negatives"
+        )
+    if built and manifest is not None and not manifest.heldout:
+        raise ComponentError(f"dataset {manifest.name} holds no shard out of training: set dataset.heldout_shards")
+    if not built and not (args.images and args.truth):
+        raise ComponentError("give --dataset, or --images with --truth")
     try:
         embedder = FGCLIPEmbedder(args.model, params.eval.device, params.eval.global_view)
         with tracked_run(
@@ -69,16 +105,35 @@ def command(args: argparse.Namespace, params: Params) -> int:
             experiment=params.eval.experiment,
             tags={"component": "eval"},
         ) as tracker:
+            if built and manifest is not None:
+                args.images = manifest.images
             log_run(tracker, args, params, embedder)
-            metrics, counts = evaluate(
-                embedder,
-                params,
-                images=args.images,
-                truth=args.truth,
-                fgovd_dir=args.fgovd_dir,
-                coco_images=args.coco_images,
-                progress=not args.no_progress,
-            )
+            if built and manifest is not None:
+                try:
+                    metrics, counts = evaluate_built(
+                        embedder,
+                        params,
+                        images=manifest.images,
+                        shards=manifest.heldout,
+                        captions=args.captions,
+                        regions=args.regions,
+                        negatives=args.negatives,
+                        progress=not args.no_progress,
+                    )
+                except (ValueError, FileNotFoundError) as error:
+                    raise EvalError(str(error)) from error
+                if args.fgovd_dir:  # the benchmark files: the external measure beside the built held-out
+                    metrics, counts = with_benchmark(embedder, params, args, metrics, counts)
+            else:
+                metrics, counts = evaluate(
+                    embedder,
+                    params,
+                    images=args.images,
+                    truth=args.truth,
+                    fgovd_dir=args.fgovd_dir,
+                    coco_images=args.coco_images,
+                    progress=not args.no_progress,
+                )
             folder = write_outputs(args.out, metrics, counts, f"{args.model}", params.eval.plot_dpi)
             tracker.log_metrics(metrics)
             tracker.log_metrics({f"count.{k}": v for k, v in counts.items()})

@@ -20,8 +20,8 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor
 
 from fgclip.core.devices import resolve_device
-from fgclip.core.storage import local_path
 from fgclip.model.dense import region_features
+from fgclip.model.location import local_model_dir
 from fgclip.model.modeling import FGCLIPModel
 
 
@@ -40,7 +40,7 @@ class FGCLIPEmbedder:
     """
 
     def __init__(self, model_dir: str | Path, device: str = "auto", global_view: str = "processor") -> None:
-        self.model_dir = local_path(model_dir)
+        self.model_dir = local_model_dir(model_dir)  # an s3:// model is fetched into a local cache once
         if not (self.model_dir / "config.json").is_file():
             raise ModelFolderError(f"{self.model_dir} is not a saved model (no config.json)")
         self.device = resolve_device(device)

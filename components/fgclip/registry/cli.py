@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fgclip.core.storage import local_path, write_text_atomic
+from fgclip.core.storage import copy_file, is_s3, write_text_atomic
 from fgclip.errors import ComponentError
+from fgclip.model.location import local_model_dir
 from fgclip.registry.gate import RegisterError
 from fgclip.registry.registration import register_model
 
@@ -26,16 +29,21 @@ def add_arguments(parser: Any) -> None:
 
 def command(args: Any, params: Params) -> int:
     try:
-        result = register_model(
-            args.model,
-            args.metrics,
-            config=params.registry,
-            tracking=params.tracking,
-            name=args.name,
-            run_id=args.run_id,
-        )
-    except RegisterError as error:
+        with tempfile.TemporaryDirectory(prefix="fgclip-register-") as scratch:
+            metrics = args.metrics
+            if is_s3(metrics):  # MLflow logs local files
+                metrics = Path(scratch) / "metrics.json"
+                copy_file(args.metrics, metrics)
+            result = register_model(
+                str(local_model_dir(args.model)),
+                metrics,
+                config=params.registry,
+                tracking=params.tracking,
+                name=args.name,
+                run_id=args.run_id,
+            )
+    except (RegisterError, FileNotFoundError) as error:
         raise ComponentError(str(error)) from error
-    write_text_atomic(local_path(args.decision_out), json.dumps(result.as_dict(), indent=2, sort_keys=True) + "\n")
+    write_text_atomic(args.decision_out, json.dumps(result.as_dict(), indent=2, sort_keys=True) + "\n")
     print(f"{result.name} v{result.version}: {result.decision} (champion: v{result.champion_after}) - {result.reason}")
     return 0

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from fgclip.core.shards import IMAGE_EXTS, list_shards
-from fgclip.core.storage import local_path
+from fgclip.core.storage import exists, filesystem, is_s3, join, open_read
 from fgclip.train.examples import (
     AnnotationDirs,
     Example,
@@ -172,23 +172,45 @@ class EpochPlan:
         return self.streams * self.worker_batches
 
 
-def list_shard_urls(images: str | Path) -> list[str]:
-    root = local_path(images)
-    return [str(root / f"{shard}.tar") for shard in list_shards(root)]
+def list_shard_urls(images: str | Path, shards: Sequence[str] | None = None) -> list[str]:
+    """The tar URLs of `shards` (default: every shard) of a folder or s3:// prefix."""
+    chosen = list_shards(images) if shards is None else sorted(shards)
+    return [join(images, f"{shard}.tar") for shard in chosen]
+
+
+def open_s3_stream(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:
+    """webdataset's opener for s3:// shards: a streaming read through fsspec (s3fs), so a
+    shard is consumed as it arrives, in place, with no copy on local disk."""
+    if mode != "rb":
+        raise ValueError(f"{url}: s3:// shards are read only")
+    fs, path = filesystem(url)
+    return fs.open(path, "rb", block_size=max(bufsize, 8 << 20), cache_type="readahead")
+
+
+def register_s3_opener(wds: Any) -> None:
+    """Teach webdataset's gopen the s3:// scheme (it has none of its own)."""
+    wds.gopen.gopen_schemes["s3"] = open_s3_stream
 
 
 def count_samples(urls: Sequence[str]) -> int:
-    """Images in the shards: the parquet row counts, else the tar's image members."""
+    """Images in the shards: the parquet row counts (img2dataset's `status == success` rows
+    when there is a status column), else the tar's image members."""
     import pyarrow.parquet as pq
 
     total = 0
     for url in urls:
-        parquet = Path(url).with_suffix(".parquet")
-        if parquet.is_file():
-            total += pq.ParquetFile(parquet).metadata.num_rows
+        parquet = url[: -len(".tar")] + ".parquet"
+        if exists(parquet):
+            with open_read(parquet) as handle:
+                sidecar = pq.ParquetFile(handle)
+                if "status" in sidecar.schema_arrow.names:
+                    statuses = sidecar.read(columns=["status"]).column("status").to_pylist()
+                    total += sum(1 for status in statuses if status == "success")
+                else:
+                    total += sidecar.metadata.num_rows
             continue
-        with tarfile.open(url) as archive:
-            total += sum(1 for name in archive.getnames() if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
+        with open_read(url) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
+            total += sum(1 for member in archive if member.name.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
     return total
 
 
@@ -250,6 +272,8 @@ class TrainingStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import webdataset as wds
 
+        if any(is_s3(url) for url in self.plan.urls):
+            register_s3_opener(wds)
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         streams = self.plan.streams

@@ -29,10 +29,13 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 from transformers.utils import logging as hf_logging
 
+from fgclip.core.dataset import load_manifest
 from fgclip.core.shards import RawShardReader, annotation_path, list_shards, read_jsonl
+from fgclip.core.storage import exists, is_s3, join, open_read
 from fgclip.errors import ComponentError
 from fgclip.model.config import DemoModelSpec
 from fgclip.model.convert import convert_clip_to_fgclip, is_fgclip_checkpoint
+from fgclip.model.location import publish_model_dir
 from fgclip.model.modeling import FGCLIPModel
 from fgclip.text import lexicon
 from fgclip.train.tokenizer import load_tokenizer, train_clip_tokenizer
@@ -57,12 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"'{DEMO_BASE}' (built from params model.demo) or a local HF CLIP directory / cached hub id "
         "(default: params model.base)",
     )
-    parser.add_argument("--out", required=True, help="output directory (HF format: model, tokenizer, processor)")
+    parser.add_argument(
+        "--out", required=True, help="output folder or s3:// prefix (HF format: model, tokenizer, processor)"
+    )
     parser.add_argument(
         "--corpus", default=None, help=f"{DEMO_BASE}: captions stage folder (long captions) for the tokenizer"
     )
     parser.add_argument(
         "--corpus-images", default=None, help=f"{DEMO_BASE}: image shard folder (alt texts) for the tokenizer"
+    )
+    parser.add_argument(
+        "--corpus-dataset", default=None, help=f"{DEMO_BASE}: a dataset manifest whose image shards give the alt texts"
     )
 
 
@@ -70,11 +78,19 @@ def command(args: argparse.Namespace, params: Params) -> int:
     if args.no_progress:
         hf_logging.disable_progress_bar()
     base = args.base or params.model.base
+    corpus_images = args.corpus_images
+    if args.corpus_dataset:
+        corpus_images = load_manifest(args.corpus_dataset).images
+    remote_out = args.out if is_s3(args.out) else None
     try:
-        out = init_model(base, args.out, params, corpus=args.corpus, corpus_images=args.corpus_images)
+        with tempfile.TemporaryDirectory(prefix="fgclip-init-") as scratch:
+            target = Path(scratch) / "model" if remote_out else args.out
+            out = init_model(base, target, params, corpus=args.corpus, corpus_images=corpus_images)
+            if remote_out:
+                publish_model_dir(out, remote_out)
     except (OSError, ValueError) as error:
         raise ComponentError(f"cannot build the model from {base!r}: {error}") from error
-    print(out)
+    print(remote_out or out)
     return 0
 
 
@@ -89,7 +105,7 @@ def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None,
                 yield record.get("long_caption", "")
     if images_dir is not None:
         for shard in list_shards(images_dir):
-            yield from _alt_texts(Path(images_dir), shard)
+            yield from _alt_texts(images_dir, shard)
     yield short_prefix
     words = [
         *lexicon.COLOURS,
@@ -104,12 +120,14 @@ def corpus_texts(captions_dir: str | Path | None, images_dir: str | Path | None,
     yield " ".join(words)
 
 
-def _alt_texts(images_dir: Path, shard: str) -> Iterator[str]:
-    parquet = images_dir / f"{shard}.parquet"
-    if parquet.is_file():
-        yield from (text for text in pq.read_table(parquet, columns=["caption"]).column("caption").to_pylist() if text)
+def _alt_texts(images_dir: str | Path, shard: str) -> Iterator[str]:
+    parquet = join(images_dir, f"{shard}.parquet")
+    if exists(parquet):
+        with open_read(parquet) as handle:
+            table = pq.read_table(handle, columns=["caption"])
+        yield from (text for text in table.column("caption").to_pylist() if text)
         return
-    yield from (sample.caption for sample in RawShardReader(images_dir / f"{shard}.tar", decode_images=False))
+    yield from (sample.caption for sample in RawShardReader(join(images_dir, f"{shard}.tar"), decode_images=False))
 
 
 # ------------------------------------------------------------------ demo model

@@ -42,6 +42,7 @@ class TrainJob:
     checkpoint_dir: str | None = None  # default: <out>/checkpoints
     resume: bool = False
     stop_after_steps: int | None = None  # checkpoint and stop early (a preemption drill); schedule unchanged
+    shards: tuple[str, ...] | None = None  # the dataset's training shards; None: every shard in `images`
 
     @property
     def checkpoints(self) -> Path:

@@ -131,7 +131,7 @@ def _prepare(job: TrainJob, params: Params, context: DistContext) -> _Run:
     model = _load_model(job.init, train_cfg).to(context.device)  # nccl / hccl broadcast device tensors
     try:
         plan = plan_epoch(
-            list_shard_urls(job.images),
+            list_shard_urls(job.images, job.shards),
             world_size=context.world_size,
             workers=train_cfg.workers,
             batch_size=recipe.batch_size,

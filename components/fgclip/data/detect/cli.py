@@ -6,9 +6,12 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from fgclip.core.storage import exists
+from fgclip.core.dataset import TRUTH, add_dataset_arguments, dataset_input
+from fgclip.core.given import GivenRecords
+from fgclip.core.stage import ShardStage
 from fgclip.core.stage_command import add_stage_arguments, run_tracked_stage, select_shards
-from fgclip.data.detect.stage import DetectStage
+from fgclip.core.storage import exists
+from fgclip.data.detect.stage import STAGE, DetectStage
 from fgclip.errors import ComponentError
 
 if TYPE_CHECKING:
@@ -20,25 +23,44 @@ HELP = "extract referring expressions from long captions and box them with a det
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, help="image shard folder (NNNNN.tar)")
+    add_dataset_arguments(parser)
     parser.add_argument("--captions", required=True, help="caption records folder (recaption output)")
-    parser.add_argument("--truth", default=None, help="demo world truth sidecars (only the demo teacher reads them)")
+    parser.add_argument(
+        "--truth", default=None, help="demo world truth folder with --images (the dataset names its own)"
+    )
     add_stage_arguments(parser, "regions")
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
-    shards, every_shard = select_shards(args.images, args.shards)
+    data = dataset_input(args)
+    shards, every_shard = select_shards(data.images, args.shards, within=data.shards)
+    truth = args.truth or data.sidecar(TRUTH)
+    given = data.annotations("regions")
+    stage: ShardStage
     try:
-        stage = DetectStage(args.images, args.captions, args.truth, params.detect, params.seed)
+        if given is not None:  # the source brought its boxes (FineHARD): pass them through
+            stage = GivenRecords(STAGE, "regions_record", given)
+        else:
+            stage = DetectStage(data.images, args.captions, truth, params.detect, params.seed)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ComponentError(str(error)) from error
     missing = sorted(str(path) for shard in shards for path in stage.shard_inputs(shard).values() if not exists(path))
     if missing:
         raise ComponentError(f"{len(missing)} input file(s) missing, e.g. {', '.join(missing[:3])}")
-    inputs = {"images": args.images, "captions": args.captions}
+    inputs = {"images": data.images, "captions": args.captions}
     if "truth" in stage.shard_inputs(shards[0]):
-        inputs["truth"] = args.truth
-    summary, _ = run_tracked_stage(stage, params=params, shards=shards, out=args.out, report=args.report,
-                                   inputs=inputs, progress=not args.no_progress, prune=every_shard)
-    log.info("detect: %d samples in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored))
+        inputs["truth"] = str(truth)
+    summary, _ = run_tracked_stage(
+        stage,
+        params=params,
+        shards=shards,
+        out=args.out,
+        report=args.report,
+        inputs=inputs,
+        progress=not args.no_progress,
+        prune=every_shard,
+    )
+    log.info(
+        "detect: %d samples in, %d written, ignored %s", summary.items_in, summary.items_out, dict(summary.ignored)
+    )
     return 0

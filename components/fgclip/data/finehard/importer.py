@@ -49,7 +49,7 @@ class ImportedAnnotations(ShardStage):
         self.spill_dir = spill_dir
         self._settings = settings
 
-    def shard_inputs(self, shard: str) -> dict[str, Path]:
+    def shard_inputs(self, shard: str) -> dict[str, str | Path]:
         return {"images": self.images_dir / f"{shard}.tar"}
 
     def settings(self) -> dict[str, Any]:

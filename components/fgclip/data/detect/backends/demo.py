@@ -47,5 +47,8 @@ class DemoTeacherDetector(Detector):
 
 def build(config: DetectConfig, truth_dir: Path | None) -> Detector:
     if truth_dir is None:
-        raise ValueError("the demo detector teacher needs the truth sidecar folder (--truth)")
+        raise ValueError(
+            "detect backend 'demo' reads the demo world's truth, which only dataset.source demo has: "
+            "choose detect.backend owlv2, grounding_dino or yolo_world for other data (or pass --truth with --images)"
+        )
     return DemoTeacherDetector(config, truth_dir)

@@ -56,5 +56,8 @@ class DemoCaptionTeacher(CaptionBackend):
 
 def build(config: RecaptionConfig, resources: BackendResources) -> CaptionBackend:
     if resources.truth_dir is None:
-        raise ValueError("recaption backend 'demo' reads the demo world's truth: pass the truth folder (--truth)")
+        raise ValueError(
+            "recaption backend 'demo' reads the demo world's truth, which only dataset.source demo has: "
+            "choose recaption.backend hf or openai for other data (or pass --truth with --images)"
+        )
     return DemoCaptionTeacher(config.demo, resources.truth_dir)
