@@ -10,13 +10,22 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 .PHONY: demo test test-fast lint fmt env clean-demo airflow
 
-env: $(VENV)/.installed
+# img2dataset (the ingest downloader) pins webdataset<0.3 and pandas<3: it gets its own venv.
+IMG2DATASET_VENV ?= .venv-img2dataset
+
+env: $(VENV)/.installed $(IMG2DATASET_VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(IMG2DATASET_VENV)/.installed: requirements-img2dataset.lock
+	$(PYTHON) -m venv $(IMG2DATASET_VENV)
+	$(IMG2DATASET_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(IMG2DATASET_VENV)/bin/pip install --quiet -r requirements-img2dataset.lock
 	touch $@
 
 demo: env

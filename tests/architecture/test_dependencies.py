@@ -37,6 +37,7 @@ LAZY_ALLOWED = {
     "safetensors": "checkpoint conversion only",
     "webdataset": "the training stream only",
     "pyarrow": "parquet sidecars only",
+    "img2dataset": "ingest's runner script: it runs in img2dataset's own environment, never in ours",
 }
 #: fgclip modules a function may import lazily, and why.
 LAZY_ALLOWED_FGCLIP = {

@@ -104,8 +104,8 @@ def test_rewritten_bytecode_leaves_dvc_status_up_to_date(tmp_path: Path) -> None
         assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
-    run("dvc", "repro", "demo_world")
-    assert "up to date" in run("dvc", "status", "demo_world")
+    run("dvc", "repro", "dataset")
+    assert "up to date" in run("dvc", "status", "dataset")
     # every module imported: Python writes __pycache__/*.pyc into the code folders
     run(
         sys.executable,
@@ -114,4 +114,4 @@ def test_rewritten_bytecode_leaves_dvc_status_up_to_date(tmp_path: Path) -> None
         "for m in pkgutil.walk_packages(fgclip.__path__, 'fgclip.'): importlib.import_module(m.name)",
     )
     assert any((root / "components" / "fgclip" / "demo").rglob("*.pyc"))
-    assert "up to date" in run("dvc", "status", "demo_world")
+    assert "up to date" in run("dvc", "status", "dataset")

@@ -124,7 +124,7 @@ def test_default_pools_follow_the_design():
         "train_stage2": "npu",
         "eval": "gpu",
         "register": "cpu",
-        "demo_world": "cpu",
+        "dataset": "cpu",
         "init_model": "cpu",
         "publish": "cpu",
     }

@@ -131,7 +131,7 @@ def test_the_kubernetes_runtime_parses_without_a_cluster(monkeypatch) -> None:
     assert bag.import_errors == {}, "\n".join(bag.import_errors.values())
     data = bag.dags["fgclip_data_build"]
     kinds = {task.task_id: type(task).__name__ for task in data.tasks}
-    for stage in ("demo_world", "qc"):
+    for stage in ("dataset", "qc"):
         assert "KubernetesPod" in kinds[stage], kinds
     for stage in ("recaption", "detect", "negatives"):
         assert "Mapped" in kinds[stage] or "KubernetesPod" in kinds[stage], kinds

@@ -128,7 +128,7 @@ def test_data_build_runs_the_dvc_commands_once_per_shard_group(data_run) -> None
             assert sorted(ran) == sorted([*argv, "--shards", group] for group in ("00000", "00001"))
         elif ran:
             assert ran == [argv], task_id
-    assert {"demo_world", "qc"} <= {r["task_id"] for r in data_run["results"]}
+    assert {"dataset", "qc"} <= {r["task_id"] for r in data_run["results"]}
 
 
 def test_publish_puts_the_version_on_s3_and_emits_the_asset(data_run, servers, workspace, env, monkeypatch) -> None:

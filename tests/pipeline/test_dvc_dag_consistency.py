@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,7 +127,7 @@ def test_fanned_out_stages_take_a_shard_group(project) -> None:
     for stage in fanned:
         args = parser.parse_args(stage.command(["00000", "00001"])[1:])
         assert args.shards == ["00000", "00001"], stage.name
-    assert project.settings.shard_source in fanned[0].deps
+    assert str(Path(project.settings.dataset_manifest).parent) in fanned[0].deps
 
 
 def test_the_trigger_forms_set_params_their_stages_track(dags, dvc_stages, project) -> None:

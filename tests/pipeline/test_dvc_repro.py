@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT, dvc_workspace, tool_env
 
 pytestmark = pytest.mark.slow
 
-DATA_STAGES = ["demo_world", "recaption", "detect", "negatives", "qc"]
+DATA_STAGES = ["dataset", "recaption", "detect", "negatives", "qc"]
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -67,7 +67,7 @@ def test_changing_a_param_reruns_only_affected_stages(project: Path) -> None:
     result = _run(["dvc", "repro", "qc"], project)
     out = result.stdout
     assert "Running stage 'qc'" in out
-    for stage in ["demo_world", "recaption", "detect", "negatives"]:
+    for stage in ["dataset", "recaption", "detect", "negatives"]:
         assert f"Running stage '{stage}'" not in out, out
 
 
@@ -82,8 +82,11 @@ def test_mlflow_has_a_run_per_stage_with_dataset_input(project: Path) -> None:
     recaption = next(run for run in runs if run.info.run_name == "recaption")
     assert recaption.inputs.dataset_inputs, "recaption run has no dataset input"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    outs = {o["path"]: o["md5"] for o in lock["stages"]["demo_world"]["outs"]}
-    assert recaption.data.tags["dataset.images.digest"] == outs["data/demo/train/images"]
+    outs = {o["path"]: o["md5"] for o in lock["stages"]["dataset"]["outs"]}
+    assert outs["data/dataset"].endswith(".dir")  # the dataset stage's output (manifest + demo world) is versioned
+    manifest = json.loads((project / "data/dataset/manifest.json").read_text())
+    assert recaption.data.tags["dataset.images.digest_origin"] == "sha256"  # the shard folder inside it, hashed
+    assert manifest["source"] == "demo" and manifest["images"] == "data/dataset/train/images"
     assert recaption.data.metrics["items_out"] > 0
 
 

@@ -29,8 +29,9 @@ class OrchestrationConfig(Section):
         ("recaption", "detect", "negatives"),
         description="stages run once per shard group, with --shards appended to their command",
     )
-    shard_source: str = Field(
-        "data/demo/train/images", description="folder whose NNNNN.tar shards the fan-out splits into groups"
+    dataset_manifest: str = Field(
+        "data/dataset/manifest.json",
+        description="the dataset manifest (written by the dataset stage) whose shards the fan-out splits into groups",
     )
     shard_group_size: int = Field(2, ge=1, description="shards per mapped task")
     dvc_remote: str = Field("storage", description="DVC remote the publish task pushes to")
@@ -50,6 +51,11 @@ class OrchestrationConfig(Section):
     )
     data_form: tuple[str, ...] = Field(
         (
+            "dataset.name",
+            "dataset.source",
+            "dataset.location",
+            "dataset.urls.path",
+            "dataset.heldout_shards",
             "recaption.backend",
             "recaption.hf.model",
             "recaption.openai.base_url",
@@ -192,7 +198,7 @@ def _default_pools() -> dict[str, PoolPreset]:
 
 def _default_component_pools() -> dict[str, str]:
     return {
-        "demo_world": "cpu",
+        "dataset": "cpu",
         "recaption": "npu",
         "detect": "gpu",
         "negatives": "npu",

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from fgclip.config import load_params, parse_override
-from fgclip.core.storage import write_text_atomic
+from fgclip.core.dataset import DatasetManifest
+from fgclip.core.storage import read_text, write_text_atomic
 from fgclip.core.tracking import tracking_uri
 from fgclip.errors import ExitCode
 from fgclip.orchestration.dataset import DatasetError, checkout_version
@@ -33,7 +34,6 @@ from fgclip.orchestration.pipeline import (
     PipelineError,
     Project,
     group_label,
-    list_shard_names,
     load_project,
     shard_groups,
 )
@@ -90,12 +90,16 @@ def apply_params(root: Path, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def list_groups(project: Project, first: int | None, last: int | None) -> list[list[str]]:
-    source = project.settings.shard_source
-    folder = source if "://" in source else project.root / source
+    """Shard groups of the dataset the dataset stage pinned (its manifest names the shards)."""
+    source = project.settings.dataset_manifest
+    manifest = source if "://" in source else project.root / source
     try:
-        groups = shard_groups(list_shard_names(folder), project.settings.shard_group_size, first, last)
-    except PipelineError as error:
-        raise ControlError(f"{folder}: {error}") from error
+        shards = sorted(DatasetManifest.from_json(read_text(manifest), str(manifest)).shards)
+        groups = shard_groups(shards, project.settings.shard_group_size, first, last)
+    except FileNotFoundError as error:
+        raise ControlError(f"{manifest}: no dataset manifest; the dataset stage writes it") from error
+    except (PipelineError, ValueError) as error:
+        raise ControlError(f"{manifest}: {error}") from error
     log.info("%d shard groups: %s", len(groups), ", ".join(group_label(group) for group in groups))
     return groups
 

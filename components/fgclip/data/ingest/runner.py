@@ -78,7 +78,7 @@ def settings(config: IngestConfig, url_list: Path, output: Path, rows_per_file: 
         "compute_hash": "sha256",
         "user_agent_token": config.user_agent_token,
         "disallowed_header_directives": list(config.disallowed_header_directives),
-        "incremental_mode": "overwrite",
+        "incremental_mode": "incremental",  # each pass writes into a fresh folder
         "enable_wandb": False,
         "distributor": "multiprocessing",
         "oom_shard_count": 5,
