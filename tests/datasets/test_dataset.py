@@ -51,45 +51,93 @@ def test_config_names_what_each_source_needs() -> None:
         load_params(None, {"dataset.source": "urls"})
     with pytest.raises(ValueError, match="finehard"):
         load_params(None, {"dataset.source": "finehard"})
-    assert load_params(None, {"dataset.source": "shards", "dataset.location": "s3://b/x"}).dataset.location == "s3://b/x"
+    assert (
+        load_params(None, {"dataset.source": "shards", "dataset.location": "s3://b/x"}).dataset.location == "s3://b/x"
+    )
 
 
 def test_demo_dataset_pins_the_world_and_names_its_truth(tmp_path: Path) -> None:
     params = write_params(tmp_path, TINY_DEMO)
-    run_cli(["--params", str(params), "--no-progress", "dataset", "--out", "data/dataset", "--report", "r.json"], tmp_path)
+    run_cli(
+        ["--params", str(params), "--no-progress", "dataset", "--out", "data/dataset", "--report", "r.json"], tmp_path
+    )
     manifest = DatasetManifest.from_json((tmp_path / "data/dataset/manifest.json").read_text())
     assert manifest.source == "demo" and sorted(manifest.shards) == ["00000", "00001"]
     assert set(manifest.sidecars) == {"truth", "heldout_images", "heldout_truth"}
     assert all(len(pin["tar"]["sha256"]) == 64 for pin in manifest.shards.values())
     assert json.loads((tmp_path / "r.json").read_text())["version"] == manifest.version
     # the demo backends find the truth through the manifest: no --truth flag anywhere
-    run_cli(["--params", str(params), "--no-progress", "recaption", "--dataset", "data/dataset/manifest.json",
-             "--out", "captions"], tmp_path)
+    run_cli(
+        [
+            "--params",
+            str(params),
+            "--no-progress",
+            "recaption",
+            "--dataset",
+            "data/dataset/manifest.json",
+            "--out",
+            "captions",
+        ],
+        tmp_path,
+    )
     assert len(read_jsonl(annotation_path(tmp_path / "captions", "00000"))) == 4
 
 
 def test_own_shards_are_read_in_place_and_truth_backends_refuse_them(tmp_path: Path) -> None:
     source = tmp_path / "mine"
     own_shards(source)
-    params = write_params(tmp_path, {**TINY_DEMO, "dataset": {"name": "mine", "source": "shards",
-                                                               "location": str(source), "heldout_shards": 1}})
+    params = write_params(
+        tmp_path,
+        {**TINY_DEMO, "dataset": {"name": "mine", "source": "shards", "location": str(source), "heldout_shards": 1}},
+    )
     run_cli(["--params", str(params), "--no-progress", "dataset", "--out", "data/dataset"], tmp_path)
     manifest = DatasetManifest.from_json((tmp_path / "data/dataset/manifest.json").read_text())
     assert manifest.images == str(source) and manifest.heldout == ("00002",)
     assert manifest.train_shards() == ["00000", "00001"]
     assert not (tmp_path / "data/dataset/images").exists()  # nothing copied into the workspace
-    failed = run_cli(["--params", str(params), "recaption", "--dataset", "data/dataset/manifest.json", "--out", "c"],
-                     tmp_path, check=False)
+    failed = run_cli(
+        ["--params", str(params), "recaption", "--dataset", "data/dataset/manifest.json", "--out", "c"],
+        tmp_path,
+        check=False,
+    )
     assert failed.returncode == 2 and "only dataset.source demo has" in failed.stderr
-    qc = run_cli(["--params", str(params), "qc", "--dataset", "data/dataset/manifest.json", "--captions", "c",
-                  "--regions", "r", "--negatives", "n"], tmp_path, check=False)
+    qc = run_cli(
+        [
+            "--params",
+            str(params),
+            "qc",
+            "--dataset",
+            "data/dataset/manifest.json",
+            "--captions",
+            "c",
+            "--regions",
+            "r",
+            "--negatives",
+            "n",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert qc.returncode == 2 and "qc.reviewer none" in qc.stderr
     # a shard object replaced behind the manifest's back is refused, not silently read
     assert changed_objects(manifest, ["00000"]) == []
     write_image_shard(source, "00001", [ShardSample("other", _jpeg("black", (80, 80)), "a black square", {})])
     assert changed_objects(manifest, ["00000", "00001"]) == [str(source / "00001.tar")]
-    stale = run_cli(["--params", str(params), "--set", "recaption.backend=openai", "recaption", "--dataset",
-                     "data/dataset/manifest.json", "--out", "c"], tmp_path, check=False)
+    stale = run_cli(
+        [
+            "--params",
+            str(params),
+            "--set",
+            "recaption.backend=openai",
+            "recaption",
+            "--dataset",
+            "data/dataset/manifest.json",
+            "--out",
+            "c",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert stale.returncode == 2 and "changed since the manifest pinned them" in stale.stderr
 
 
@@ -99,17 +147,35 @@ def test_finehard_dataset_passes_its_annotations_through(tmp_path: Path) -> None
     records = []
     for index, colour in enumerate(("red", "blue")):
         (images / f"{index}.jpg").write_bytes(_jpeg(colour))
-        records.append({
-            "f_path": f"{index}.jpg", "caption": f"A {colour} square on a white table in a bright room.",
-            "short_caption": f"{colour} square",
-            "bbox_info": [{"bbox": [0.1, 0.1, 0.6, 0.7, 0.9], "short_expr": f"a {colour} square",
-                           "long_expr": f"a {colour} square on the table", "flag_short_neg": 1,
-                           "short_expr_negs": {str(i): f"a shade{i} square" for i in range(10)}}],
-        })
+        records.append(
+            {
+                "f_path": f"{index}.jpg",
+                "caption": f"A {colour} square on a white table in a bright room.",
+                "short_caption": f"{colour} square",
+                "bbox_info": [
+                    {
+                        "bbox": [0.1, 0.1, 0.6, 0.7, 0.9],
+                        "short_expr": f"a {colour} square",
+                        "long_expr": f"a {colour} square on the table",
+                        "flag_short_neg": 1,
+                        "short_expr_negs": {str(i): f"a shade{i} square" for i in range(10)},
+                    }
+                ],
+            }
+        )
     annotations = tmp_path / "finehard.jsonl"
     annotations.write_text("".join(json.dumps(r) + "\n" for r in records))
-    params = write_params(tmp_path, {**TINY_DEMO, "dataset": {"name": "fh", "source": "finehard", "finehard": {
-        "annotations": [str(annotations)], "image_root": str(images), "shard_size": 10}}})
+    params = write_params(
+        tmp_path,
+        {
+            **TINY_DEMO,
+            "dataset": {
+                "name": "fh",
+                "source": "finehard",
+                "finehard": {"annotations": [str(annotations)], "image_root": str(images), "shard_size": 10},
+            },
+        },
+    )
     run_cli(["--params", str(params), "--no-progress", "dataset", "--out", "data/dataset"], tmp_path)
     manifest = "data/dataset/manifest.json"
     for argv in (

@@ -126,7 +126,9 @@ def photo_site(*, slow_s: float = 4.0, huge_side: int = 5000) -> Iterator[PhotoS
             path = self.path.lstrip("/")
             with lock:
                 site.requests[path] += 1
-            if path == "missing.jpg" or (path not in content and path not in ("broken.jpg", "slow.jpg", REDIRECT, "loop.jpg")):
+            if path == "missing.jpg" or (
+                path not in content and path not in ("broken.jpg", "slow.jpg", REDIRECT, "loop.jpg")
+            ):
                 return self._send(404, {"Content-Type": "text/plain"}, b"not found")
             if path == "broken.jpg":
                 return self._send(500, {"Content-Type": "text/plain"}, b"server error")

@@ -187,9 +187,11 @@ def open_s3_stream(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) ->
     return fs.open(path, "rb", block_size=max(bufsize, 8 << 20), cache_type="readahead")
 
 
-def register_s3_opener(wds: Any) -> None:
+def register_s3_opener() -> None:
     """Teach webdataset's gopen the s3:// scheme (it has none of its own)."""
-    wds.gopen.gopen_schemes["s3"] = open_s3_stream
+    from webdataset.gopen import gopen_schemes  # the dispatch table (webdataset.gopen is also a function)
+
+    gopen_schemes["s3"] = open_s3_stream
 
 
 def count_samples(urls: Sequence[str]) -> int:
@@ -273,7 +275,7 @@ class TrainingStream(IterableDataset):
         import webdataset as wds
 
         if any(is_s3(url) for url in self.plan.urls):
-            register_s3_opener(wds)
+            register_s3_opener()
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         streams = self.plan.streams

@@ -52,7 +52,11 @@ def write_list(path: Path, rows: list[dict[str, object]]) -> Path:
         ("The read operation timed out", "timeout", True),
         ("<urlopen error timed out>", "timeout", True),
         ("<urlopen error [Errno 111] Connection refused>", "connection_error", True),
-        ("HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.", "redirect_loop", False),
+        (
+            "HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.",
+            "redirect_loop",
+            False,
+        ),
         ("Use of image disallowed by X-Robots-Tag directive", "disallowed", False),
         ("unknown url type: 'ftp'", "invalid_url", False),
         ("something nobody expected", "other", False),
@@ -95,7 +99,9 @@ def test_keys_are_stable_whatever_the_row_order_and_bad_rows_are_counted(tmp_pat
         {"URL": "https://example.org/c.jpg", "TEXT": "  "},
         dict(rows[3]),  # the same row twice
     ]
-    layout = UrlListConfig(path=str(write_list(tmp_path / "a.parquet", rows + bad)), url_column="URL", caption_column="TEXT")
+    layout = UrlListConfig(
+        path=str(write_list(tmp_path / "a.parquet", rows + bad)), url_column="URL", caption_column="TEXT"
+    )
     plan = plan_shards(layout, shard_size=4, key_length=20)
     assert sorted(plan.shards) == ["00000", "00001", "00002"]
     assert dict(plan.rejected) == {"missing_url": 1, "invalid_url": 1, "missing_caption": 1, "duplicate_row": 1}
@@ -127,11 +133,18 @@ def test_headerless_tsv_and_missing_columns(tmp_path: Path) -> None:
 
 
 def test_transient_failures_are_retried_after_a_growing_backoff(tmp_path: Path) -> None:
-    layout = UrlListConfig(path=str(write_list(tmp_path / "l.jsonl", [
-        {"url": "https://a.example/1.jpg", "caption": "one"},
-        {"url": "https://a.example/2.jpg", "caption": "two"},
-        {"url": "https://a.example/3.jpg", "caption": "three"},
-    ])))
+    layout = UrlListConfig(
+        path=str(
+            write_list(
+                tmp_path / "l.jsonl",
+                [
+                    {"url": "https://a.example/1.jpg", "caption": "one"},
+                    {"url": "https://a.example/2.jpg", "caption": "two"},
+                    {"url": "https://a.example/3.jpg", "caption": "three"},
+                ],
+            )
+        )
+    )
     plan = plan_shards(layout, shard_size=10, key_length=16)
     calls: list[list[str]] = []
     waits: list[float] = []
@@ -145,7 +158,9 @@ def test_transient_failures_are_retried_after_a_growing_backoff(tmp_path: Path) 
                 if row.url.endswith("1.jpg"):
                     results[row.key] = Fetched(_jpeg((100, 100)))
                 elif row.url.endswith("2.jpg"):  # busy twice, then fine
-                    results[row.key] = Fetched(None, "HTTP Error 503: busy") if len(calls) < 3 else Fetched(_jpeg((90, 90)))
+                    results[row.key] = (
+                        Fetched(None, "HTTP Error 503: busy") if len(calls) < 3 else Fetched(_jpeg((90, 90)))
+                    )
                 else:
                     results[row.key] = Fetched(None, "HTTP Error 404: Not Found")
         return results
@@ -174,8 +189,16 @@ def test_img2dataset_download_of_real_photos_and_hostile_urls(tmp_path: Path) ->
         rows += [{"url": site.url(name), "caption": f"a bad link {name}"} for name in HOSTILE]
         layout = UrlListConfig(path=str(write_list(tmp_path / "urls.parquet", rows)))
         config = IngestConfig(
-            shard_size=8, resolution=64, margin=1.25, min_side=32, max_megapixels=20.0, processes=1, threads=8,
-            timeout_s=2, retries=1, backoff_s=0.5,
+            shard_size=8,
+            resolution=64,
+            margin=1.25,
+            min_side=32,
+            max_megapixels=20.0,
+            processes=1,
+            threads=8,
+            timeout_s=2,
+            retries=1,
+            backoff_s=0.5,
         )
         out = tmp_path / "shards"
         report = run_ingest(layout, config, str(out)).as_dict()

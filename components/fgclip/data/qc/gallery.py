@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from fgclip.core.storage import write_text_atomic
+from fgclip.core.storage import path_in, write_text_atomic
 
 # Presentation only: how a box is drawn onto the gallery's copy of the image.
 BOX_COLOUR_NOISY = (230, 20, 60)
@@ -198,9 +198,9 @@ and rerun with <code>--labels {DOWNLOAD_NAME} --set qc.reviewer=labels</code>.</
 
 
 def write_gallery(folder: str | Path, cards: Sequence[GalleryCard], *, title: str,
-                  summary: Sequence[tuple[str, str]] = (), gate_passed: bool | None = None, gate_message: str = "") -> Path:
-    """Write `folder/index.html` atomically; returns its path."""
-    target = Path(folder) / "index.html"
+                  summary: Sequence[tuple[str, str]] = (), gate_passed: bool | None = None, gate_message: str = "") -> str | Path:
+    """Write `folder/index.html` (a local folder or an s3:// prefix) atomically; returns its path."""
+    target = path_in(folder, "index.html")
     write_text_atomic(target, render_gallery(cards, title=title, summary=summary, gate_passed=gate_passed,
                                              gate_message=gate_message))
     return target

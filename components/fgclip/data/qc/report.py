@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fgclip.core.shards import RawShardReader, dumps_jsonl
-from fgclip.core.storage import exists, join, local_path, write_text_atomic
+from fgclip.core.storage import exists, join, path_in, write_text_atomic
 from fgclip.data.qc.config import QCConfig
 from fgclip.data.qc.estimate import Assessment
 from fgclip.data.qc.gallery import GalleryCard, boxed_image_uri, write_gallery
@@ -72,15 +72,15 @@ def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_outputs(result: QCResult, out_dir: str | Path, *, images_dir: str | Path, config: QCConfig,
-                  human_labels: bool = False, progress: bool = True) -> dict[str, Path]:
+                  human_labels: bool = False, progress: bool = True) -> dict[str, str | Path]:
     """report.json, metrics.json, gate.json, noise_by_shard.csv, sample.jsonl and gallery/index.html.
 
     gate.json holds only the gate's outcome: training depends on it in dvc.yaml, so
     training waits for a passed gate without rerunning when only QC's sampling changes.
     """
-    out = local_path(out_dir)
-    paths = {"report": out / "report.json", "metrics": out / "metrics.json", "gate": out / "gate.json",
-             "noise_by_shard": out / "noise_by_shard.csv", "sample": out / "sample.jsonl", "gallery": out / "gallery"}
+    names = {"report": "report.json", "metrics": "metrics.json", "gate": "gate.json",
+             "noise_by_shard": "noise_by_shard.csv", "sample": "sample.jsonl", "gallery": "gallery"}
+    paths = {name: path_in(out_dir, file) for name, file in names.items()}  # a local folder or an s3:// prefix
     write_text_atomic(paths["gate"], json.dumps({"passed": result.gate.passed}) + "\n")
     write_text_atomic(paths["report"], json.dumps(result.report, indent=2) + "\n")
     write_text_atomic(paths["metrics"], json.dumps(result.metrics, indent=2) + "\n")
