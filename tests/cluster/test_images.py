@@ -115,4 +115,10 @@ def test_dockerignore_sends_only_what_installs_the_project():
     ]
     assert lines[0] == "*", "start from nothing"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {"pyproject.toml", "requirements.lock", "README.md", "components"}
+    assert included == {
+        "pyproject.toml",
+        "requirements.lock",
+        "requirements-img2dataset.lock",
+        "README.md",
+        "components",
+    }
