@@ -32,7 +32,8 @@ def command(args: argparse.Namespace, params: Params) -> int:
     # The regions stage's manifests name its finished shards; a shard without one is
     # not finished and must not be read.
     shards, every_shard = select_shards(args.regions, args.shards, suffix=".manifest.json", hint="run detect first")
-    given = load_manifest(args.dataset).annotations.get("negatives") if args.dataset else None
+    manifest = getattr(args, "dataset", None)  # callers that build the namespace may leave it out
+    given = load_manifest(manifest).annotations.get("negatives") if manifest else None
     stage: ShardStage
     try:
         if given is not None:  # the source brought its negatives (FineHARD): pass them through
