@@ -43,7 +43,14 @@ def test_data_build_and_training_with_every_path_on_s3(tmp_path: Path) -> None:
         "recaption": {
             "backend": "hf",
             "batch_size": 4,
-            "hf": {"model": str(captioner), "local_files_only": True, "max_new_tokens": 16, "device": "cpu"},
+            # greedy decoding with random weights never ends a caption: sample instead
+            "hf": {
+                "model": str(captioner),
+                "local_files_only": True,
+                "max_new_tokens": 32,
+                "device": "cpu",
+                "do_sample": True,
+            },
         },
         "detect": {
             "backend": "owlv2",
@@ -70,8 +77,8 @@ def test_data_build_and_training_with_every_path_on_s3(tmp_path: Path) -> None:
             "checkpoint_every": 1000,
             "log_system_metrics": False,
             "demo": {
-                "stage1": {"batch_size": 4, "epochs": 1, "warmup_steps": 1},
-                "stage2": {"batch_size": 4, "epochs": 1, "warmup_steps": 1},
+                "stage1": {"batch_size": 4, "epochs": 1, "warmup_steps": 1, "samples_per_epoch": 8},
+                "stage2": {"batch_size": 4, "epochs": 1, "warmup_steps": 1, "samples_per_epoch": 8},
             },
         },
     }

@@ -82,7 +82,7 @@ def real_params(
     *, urls: str, captioner: Path, detector: Path, clip: Path, llm_url: str, llm_model: str, location: str | None = None
 ) -> dict[str, Any]:
     """params.yaml of a run on real photos: every stage on a real model, nothing on the demo."""
-    stage = {"batch_size": 4, "epochs": 1, "warmup_steps": 1, "lr": 0.0001}
+    stage = {"batch_size": 4, "epochs": 1, "warmup_steps": 1, "samples_per_epoch": 8}
     return {
         "dataset": {
             "name": "packaged-photos",
@@ -106,7 +106,14 @@ def real_params(
         "recaption": {
             "backend": "hf",
             "batch_size": 4,
-            "hf": {"model": str(captioner), "local_files_only": True, "max_new_tokens": 24, "device": "cpu"},
+            # greedy decoding with random weights never ends a caption: sample instead
+            "hf": {
+                "model": str(captioner),
+                "local_files_only": True,
+                "max_new_tokens": 32,
+                "device": "cpu",
+                "do_sample": True,
+            },
         },
         "detect": {
             "extractor": "spacy",
