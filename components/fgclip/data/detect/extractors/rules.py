@@ -78,7 +78,7 @@ class RulesExtractor(ExpressionExtractor):
             following = self._following(parser, mention.head_index)
             if following is not None:
                 mention.phrases.insert(0, following)
-                for index in phrase.object_heads:
+                for index in following.object_heads:
                     if index in by_head:
                         by_head[index].relation = True
         return deduplicate(self._keep(mentions))
