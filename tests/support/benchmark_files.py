@@ -97,7 +97,9 @@ def write_coco(root: Path, truth: Truth) -> None:
     # one crowd box (scored: FG-CLIP's script keeps them), and three bad annotations
     annotations.append({"id": 1, "image_id": 139, "category_id": 1, "bbox": [30.0, 30.0, 10.0, 10.0], "iscrowd": 1})
     width, height = SIZES[139 % len(SIZES)]
-    boxes.append((root / "coco" / "val2017" / "000000000139.jpg", (30 / width, 30 / height, 40 / width, 40 / height), 0))
+    boxes.append(
+        (root / "coco" / "val2017" / "000000000139.jpg", (30 / width, 30 / height, 40 / width, 40 / height), 0)
+    )
     annotations.append({"id": 2, "image_id": 139, "category_id": 99, "bbox": [1.0, 1.0, 5.0, 5.0], "iscrowd": 0})
     annotations.append({"id": 3, "image_id": 285, "category_id": 1, "bbox": [1.0, 1.0, 0.0, 5.0], "iscrowd": 0})
     annotations.append({"id": 4, "image_id": 777, "category_id": 1, "bbox": [1.0, 1.0, 5.0, 5.0], "iscrowd": 0})

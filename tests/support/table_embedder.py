@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from fgclip.eval.benchmarks.config import BenchmarkSuiteConfig
-from fgclip.eval.benchmarks.prompts import prompts_for
 from fgclip.eval.benchmarks.imagenet import class_names_for
+from fgclip.eval.benchmarks.prompts import prompts_for
 from fgclip.eval.suite.features import box_key
 from tests.support.benchmark_files import Truth, file_fingerprint, fingerprint
 

@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="FG-CLIP checkpoint folder (model, tokenizer, image processor)")
     parser.add_argument("--images", default=None, help="held-out image shards (NNNNN.tar); required without --suite")
     parser.add_argument(
-        "--truth", default=None, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set; required without --suite"
+        "--truth",
+        default=None,
+        help="held-out truth sidecars (NNNNN.jsonl): the labelled test set; required without --suite",
     )
     parser.add_argument("--out", required=True, help="report folder: metrics.json, counts.json, metrics.png")
     parser.add_argument("--fgovd-dir", default=None, help="FG-OVD benchmark folder (*_llava.jsonl)")
@@ -68,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, params: Params) -> int:
     if args.suite:
         if args.images or args.truth or args.fgovd_dir:
-            raise ComponentError("--suite reads its benchmarks from --data-root; drop --images, --truth and --fgovd-dir")
+            raise ComponentError(
+                "--suite reads its benchmarks from --data-root; drop --images, --truth and --fgovd-dir"
+            )
         return suite_command(args, params)
     if not args.images or not args.truth:
         raise ComponentError("the demo evaluation needs --images and --truth (or run a benchmark suite with --suite)")

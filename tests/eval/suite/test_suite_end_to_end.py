@@ -36,6 +36,7 @@ def suite_params(path: Path, image_size: int, uri: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fgclip_eval_suite_paper_runs_every_benchmark_prints_the_table_and_logs_every_metric(
     tmp_path: Path, tiny_model: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,7 +82,9 @@ def test_fgclip_eval_suite_paper_runs_every_benchmark_prints_the_table_and_logs_
 
     # The registry's promotion gate reads the suite's metrics.json as it is.
     gated = load_eval_metrics(out / "metrics.json")
-    decision = decide_promotion(gated, {**gated, "fgovd_hard_top1": gated["fgovd_hard_top1"] - 0.1}, {"fgovd_hard_top1": 0.05})
+    decision = decide_promotion(
+        gated, {**gated, "fgovd_hard_top1": gated["fgovd_hard_top1"] - 0.1}, {"fgovd_hard_top1": 0.05}
+    )
     assert decision.promoted
 
     # --mlflow-run-id: the metrics go onto the model's own run (here: a stand-in training run).
@@ -105,12 +108,27 @@ def test_the_suite_refuses_a_model_at_another_resolution_and_names_missing_data(
     write_data_root(data_root)
     common = ["--set", "tracking.enabled=false", "eval", "--suite", "paper", "--model", str(tiny_model)]
     # the defaults pin the paper's 224 px; the tiny model runs at 32 px
-    assert main(["--params", str(tmp_path / "none.yaml"), *common, "--data-root", str(data_root), "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(
+            [
+                "--params",
+                str(tmp_path / "none.yaml"),
+                *common,
+                "--data-root",
+                str(data_root),
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 2
+    )
     assert "pinned at 224 px but the model runs at 32 px" in capsys.readouterr().err
     params = suite_params(tmp_path / "params.yaml", 32, "sqlite:///unused.db")
     empty = tmp_path / "empty"
     empty.mkdir()
     code = main(["--params", str(params), *common, "--data-root", str(empty), "--out", str(tmp_path / "b")])
     assert code == 2 and "fgovd: FG-OVD folder" in capsys.readouterr().err
-    code = main(["--params", str(params), *common, "--data-root", str(empty), "--out", str(tmp_path / "c"), "--skip-missing"])
+    code = main(
+        ["--params", str(params), *common, "--data-root", str(empty), "--out", str(tmp_path / "c"), "--skip-missing"]
+    )
     assert code == 2 and "no benchmark to score" in capsys.readouterr().err

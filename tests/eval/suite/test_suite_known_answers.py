@@ -143,7 +143,9 @@ def test_fgovd_one_region_closer_to_a_negative_costs_exactly_one_over_n(data_roo
     x, y, w, h = line["bbox"]
     box = (x / line["width"], y / line["height"], (x + w) / line["width"], (y + h) / line["height"])
     negative = line["neg_expression"][0]
-    embedder.set_text(negative, embedder.regions[(file_fingerprint(root / "coco" / line["img_path"]), box_key(box))] * 2, False)
+    embedder.set_text(
+        negative, embedder.regions[(file_fingerprint(root / "coco" / line["img_path"]), box_key(box))] * 2, False
+    )
     metrics = run_suite(embedder, config, data_root=root).metrics()
     assert metrics["fgovd_hard_top1"] == pytest.approx(1 - 1 / len(truth.fgovd))  # a tie is not a win
     assert metrics["fgovd_medium_top1"] == 1.0
@@ -214,7 +216,9 @@ def test_a_missing_benchmark_fails_clearly_or_is_skipped_with_a_warning(tmp_path
     (tmp_path / "docci" / "docci_descriptions.jsonlines").unlink()
     config = small_config(suite=("urban1k", "docci"))
     embedder, _ = oracle_for(truth, config, tmp_path)
-    with pytest.raises(BenchmarkMissing, match=r"docci: descriptions file .*docci_descriptions.jsonlines does not exist"):
+    with pytest.raises(
+        BenchmarkMissing, match=r"docci: descriptions file .*docci_descriptions.jsonlines does not exist"
+    ):
         run_suite(embedder, config, data_root=tmp_path)
     result = run_suite(embedder, config, data_root=tmp_path, skip_missing=True)
     assert [(r.name, r.status) for r in result.results] == [("urban1k", SCORED), ("docci", SKIPPED)]

@@ -56,4 +56,6 @@ def load(settings: DOCCISettings, data_root: Path, allow_missing_images: bool) -
     data = assemble_retrieval(NAME, records, folder, rejects, allow_missing_images, settings.text_prefix)
     rejects.summary()
     counts = {"lines": lines, "lines_other_splits": other_splits}
-    return Benchmark(NAME, "retrieval", data, {"descriptions": str(path), "images": str(folder.root)}, rejects.items, counts)
+    return Benchmark(
+        NAME, "retrieval", data, {"descriptions": str(path), "images": str(folder.root)}, rejects.items, counts
+    )

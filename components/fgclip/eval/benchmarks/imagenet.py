@@ -69,4 +69,6 @@ def load(settings: ImageNetSettings, data_root: Path, allow_missing_images: bool
     rejects.summary()
     counts = {"classes": len(wnids), "empty_classes": len(wnids) - len(set(labels))}
     data = ClassSet(images=images, labels=labels, class_names=names)
-    return Benchmark(NAME, "classification", data, {"images": str(root)}, rejects.items, counts, {"names": settings.class_names})
+    return Benchmark(
+        NAME, "classification", data, {"images": str(root)}, rejects.items, counts, {"names": settings.class_names}
+    )

@@ -67,4 +67,6 @@ def load(settings: ShareGPT4VSettings, data_root: Path, allow_missing_images: bo
     data = assemble_retrieval(NAME, chosen, folder, rejects, allow_missing_images, settings.text_prefix)
     rejects.summary()
     counts = {"records_in_file": len(records), "records_read": min(len(records), settings.first)}
-    return Benchmark(NAME, "retrieval", data, {"annotations": str(path), "images": str(folder.root)}, rejects.items, counts)
+    return Benchmark(
+        NAME, "retrieval", data, {"annotations": str(path), "images": str(folder.root)}, rejects.items, counts
+    )

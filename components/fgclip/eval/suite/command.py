@@ -31,12 +31,18 @@ SUITES = {"paper": PAPER_BENCHMARKS}
 
 
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", choices=sorted(SUITES), default=None, help="run a benchmark suite instead of the demo tasks")
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), default=None, help="run a benchmark suite instead of the demo tasks"
+    )
     parser.add_argument("--data-root", default=None, help="benchmark data folder (default: benchmarks.data_root)")
     parser.add_argument("--benchmarks", default=None, help="comma-separated subset of the suite, e.g. fgovd,coco_boxes")
-    parser.add_argument("--skip-missing", action="store_true", help="skip a benchmark whose files are missing, with a warning")
+    parser.add_argument(
+        "--skip-missing", action="store_true", help="skip a benchmark whose files are missing, with a warning"
+    )
     parser.add_argument("--model-name", default=None, help="the model's name in the table (default: its folder name)")
-    parser.add_argument("--mlflow-run-id", default=None, help="log into this existing MLflow run (e.g. the model's training run)")
+    parser.add_argument(
+        "--mlflow-run-id", default=None, help="log into this existing MLflow run (e.g. the model's training run)"
+    )
 
 
 def chosen_benchmarks(args: argparse.Namespace, params: Params) -> list[str]:
@@ -50,7 +56,9 @@ def chosen_benchmarks(args: argparse.Namespace, params: Params) -> list[str]:
     return wanted
 
 
-def log_suite(tracker: Tracker, result: SuiteResult, args: argparse.Namespace, params: Params, names: list[str]) -> None:
+def log_suite(
+    tracker: Tracker, result: SuiteResult, args: argparse.Namespace, params: Params, names: list[str]
+) -> None:
     config = params.benchmarks
     tracker.log_params(
         {

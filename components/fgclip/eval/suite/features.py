@@ -114,9 +114,7 @@ def decode(path: Path) -> Image.Image:
         return opened.convert("RGB")
 
 
-def encode_plan(
-    embedder: BenchmarkEmbedder, plan: FeaturePlan, batch_size: int, progress: bool = False
-) -> Features:
+def encode_plan(embedder: BenchmarkEmbedder, plan: FeaturePlan, batch_size: int, progress: bool = False) -> Features:
     """Decode each planned image once and embed it once per needed view (see the module doc)."""
     features = Features()
     paths = sorted(plan.needs)

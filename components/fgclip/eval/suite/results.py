@@ -43,7 +43,9 @@ def write_suite(out: str | Path, result: SuiteResult, model_name: str, dpi: int)
     write_text_atomic(folder / METRICS_FILE, json.dumps(result.metrics(), indent=2, sort_keys=True) + "\n")
     summary = {
         "model": result.model,
-        "benchmarks": {r.name: {"status": r.status, **({"reason": r.reason} if r.reason else {})} for r in result.results},
+        "benchmarks": {
+            r.name: {"status": r.status, **({"reason": r.reason} if r.reason else {})} for r in result.results
+        },
         "throughput": result.throughput,
         "seconds": result.seconds,
     }

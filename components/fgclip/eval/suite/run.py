@@ -184,7 +184,9 @@ def run_suite(
     if not benchmarks:
         raise SuiteError(f"no benchmark to score under {root}: {[r.reason for r in skipped]}")
     plan = plan_features(benchmarks, config)
-    log.info("suite: %d benchmarks, %d distinct images, %d distinct boxes", len(benchmarks), len(plan.needs), plan.box_count)
+    log.info(
+        "suite: %d benchmarks, %d distinct images, %d distinct boxes", len(benchmarks), len(plan.needs), plan.box_count
+    )
     features = encode_plan(embedder, plan, config.batch_size, progress)
     texts = TextCache(embedder, config.batch_size, progress)
     results = {r.name: r for r in skipped}

@@ -81,7 +81,9 @@ def box_classification(
     return top_k(scores, labels, ks), {"boxes": len(rows), "images": len(data.images) - unreadable}
 
 
-def zero_shot(data: ClassSet, features: Features, view: str, classes: np.ndarray, ks: Sequence[int]) -> tuple[Metrics, Counts]:
+def zero_shot(
+    data: ClassSet, features: Features, view: str, classes: np.ndarray, ks: Sequence[int]
+) -> tuple[Metrics, Counts]:
     kept = [(path, label) for path, label in zip(data.images, data.labels) if (path, view) in features.globals]
     if not kept:
         raise ValueError("no readable image")
