@@ -263,3 +263,31 @@ def test_a_collapsed_model_gets_no_credit(data_root) -> None:
     metrics = run_suite(Collapsed(), small_config(), data_root=root).metrics()
     firsts = [value for name, value in metrics.items() if name.endswith(("_top1", "_r1"))]
     assert firsts and set(firsts) == {0.0}
+
+
+def test_eval_table_paper_puts_any_number_of_models_beside_the_published_rows(tmp_path: Path, capsys) -> None:
+    from fgclip.cli import main
+
+    for name, value in (("stage1", 0.25), ("stage2", 0.5), ("finetuned", 0.75)):
+        (tmp_path / name).mkdir()
+        metrics = {"fgovd_hard_top1": value, "lvis_boxes_top1": value / 2}
+        (tmp_path / name / "metrics.json").write_text(__import__("json").dumps(metrics))
+    reports = [str(tmp_path / name) for name in ("stage1", "stage2", "finetuned")]
+    plot = tmp_path / "table.png"
+    args = ["--params", str(tmp_path / "none.yaml"), "eval-table", "--paper", "--reports", *reports]
+    assert main([*args, "--plot", str(plot)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| model | FG-OVD hard |") and "LVIS box top-1" in lines[0]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in lines[2:]
+        if line.startswith("|")
+    }
+    assert rows["CLIP (published)"][0] == "12.0" and rows["FG-CLIP (published)"][0] == "46.1"
+    lvis = [c.strip() for c in lines[0].split("|")[2:-1]].index("LVIS box top-1")
+    assert rows["stage1"][0] == "25.0" and rows["finetuned"][0] == "75.0" and rows["stage2"][lvis] == "25.0"
+    assert rows["FG-CLIP (published)"][lvis] == "–"  # LVIS: no published number in the reference
+    assert rows["stage2"][-1] == "–"  # IN-1K: not measured
+    assert any("not measured here" in line for line in lines) and plot.read_bytes()[:4] == b"\x89PNG"
+    assert main([*args, "--no-published"]) == 0
+    assert "published" not in capsys.readouterr().out
