@@ -8,7 +8,6 @@ texts and boxes, and counted.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -107,7 +106,3 @@ def choices(data: ChoiceSet, features: Features, embed: EmbedTexts) -> tuple[Met
         scores = candidate_scores(queries, embed(texts), [[row[text] for text in q.candidates] for q in usable])
         metrics[f"{difficulty}_top1"] = strict_top1(scores, [0] * len(usable))
     return metrics, counts
-
-
-def image_paths(data: RetrievalSet | BoxSet | ClassSet | ChoiceSet) -> list[Path]:
-    return list(data.images)
