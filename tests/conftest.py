@@ -51,7 +51,7 @@ def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
 
 def dvc_workspace(root: Path, params: dict) -> Path:
     """A fresh DVC project in `root` running this checkout's components: the package,
-    dvc.yaml, the given params, git and dvc initialised (analytics off)."""
+    dvc.yaml and .dvcignore, the given params, git and dvc initialised (analytics off)."""
     import shutil
 
     import yaml
@@ -59,7 +59,8 @@ def dvc_workspace(root: Path, params: dict) -> Path:
     shutil.copytree(
         REPO_ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
-    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO_ROOT / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # tool_env puts this interpreter's bin folder (its dvc) first on PATH
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):

@@ -98,6 +98,7 @@ def test_rewritten_bytecode_leaves_dvc_status_up_to_date(tmp_path: Path) -> None
     params = {"demo": {"train_shards": 1, "heldout_shards": 1, "samples_per_shard": 2}, "tracking": {"enabled": False}}
     root = dvc_workspace(tmp_path / "project", params)
     env = {**tool_env(), "PYTHONPATH": str(root / "components")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # this test is about bytecode being written
 
     def run(*argv: str) -> str:
         result = subprocess.run(list(argv), cwd=root, env=env, capture_output=True, text=True, timeout=600)
@@ -110,8 +111,9 @@ def test_rewritten_bytecode_leaves_dvc_status_up_to_date(tmp_path: Path) -> None
     run(
         sys.executable,
         "-c",
-        "import importlib, pkgutil, fgclip\n"
-        "for m in pkgutil.walk_packages(fgclip.__path__, 'fgclip.'): importlib.import_module(m.name)",
+        "import compileall, importlib, pkgutil, fgclip\n"
+        "for m in pkgutil.walk_packages(fgclip.__path__, 'fgclip.'): importlib.import_module(m.name)\n"
+        "compileall.compile_dir(fgclip.__path__[0], quiet=1, force=True)",
     )
     assert any((root / "components" / "fgclip" / "demo").rglob("*.pyc"))
     assert "up to date" in run("dvc", "status", "dataset")

@@ -165,9 +165,17 @@ def tracking_uri(config: TrackingConfig) -> str:
 
 @contextmanager
 def tracked_run(
-    config: TrackingConfig, run_name: str, *, experiment: str | None = None, tags: Mapping[str, str] | None = None
+    config: TrackingConfig,
+    run_name: str,
+    *,
+    experiment: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """An MLflow run around a component; yields a no-op tracker when tracking is off."""
+    """An MLflow run around a component; yields a no-op tracker when tracking is off.
+
+    ``run_id``: log into that existing run (e.g. the training run of the model being
+    evaluated) instead of starting a new one."""
     if not config.enabled:
         yield Tracker(None)
         return
@@ -179,8 +187,9 @@ def tracked_run(
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment or config.experiment)
-        with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+        if run_id is None:
+            mlflow.set_experiment(experiment or config.experiment)
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {})):
             tracker = Tracker(mlflow)
             log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, uri)
             yield tracker

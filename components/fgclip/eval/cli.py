@@ -1,8 +1,14 @@
-"""`fgclip eval`: score an FG-CLIP checkpoint on the held-out demo world (and FG-OVD when given).
+"""`fgclip eval`: score an FG-CLIP checkpoint on the held-out demo world (and FG-OVD when given),
+or on the paper's benchmark suite (``--suite paper``, see ``fgclip.eval.suite.command``).
 
     fgclip eval --model models/stage2/final --images data/demo/heldout/images \\
         --truth data/demo/heldout/truth --out reports/eval/stage2 \\
         [--fgovd-dir DIR --coco-images DIR]
+    fgclip eval --model models/stage2/final --dataset data/dataset/manifest.json \\
+        --captions data/build/captions --regions data/build/regions --negatives data/build/negatives \\
+        --out reports/eval/stage2
+    fgclip eval --suite paper --model models/stage2/final --data-root data/benchmarks \\
+        --out reports/benchmarks/stage2
 
 Writes ``OUT/metrics.json``, ``OUT/counts.json`` and ``OUT/metrics.png`` (see
 ``fgclip.eval.report``), and logs params, metrics, artifacts and the input data digests
@@ -23,6 +29,7 @@ from fgclip.eval.built import evaluate_built
 from fgclip.eval.embedding import Embedder
 from fgclip.eval.evaluate import EvalError, evaluate, load_fgovd_images
 from fgclip.eval.report import write_outputs
+from fgclip.eval.suite.command import add_suite_arguments, suite_command
 from fgclip.eval.tasks import evaluate_fgovd
 from fgclip.model.embedder import FGCLIPEmbedder, ModelFolderError
 
@@ -72,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset manifest: the demo's held-out split, or the held-out "
         "shards of a built dataset (with --captions, --regions, --negatives)",
     )
-    parser.add_argument("--images", default=None, help="held-out demo image shards (NNNNN.tar), with --truth")
+    parser.add_argument("--images", default=None, help="held-out demo image shards (NNNNN.tar), with --truth (or give --dataset or --suite)")
     parser.add_argument("--truth", default=None, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set")
     parser.add_argument("--captions", default=None, help="built data: the captions stage folder")
     parser.add_argument("--regions", default=None, help="built data: the regions stage folder")
@@ -80,9 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder: metrics.json, counts.json, metrics.png")
     parser.add_argument("--fgovd-dir", default=None, help="FG-OVD benchmark folder (*_llava.jsonl)")
     parser.add_argument("--coco-images", default=None, help="COCO val2017 images for FG-OVD (resolved by file name)")
+    add_suite_arguments(parser)
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
+    if args.suite:
+        if args.images or args.truth or args.fgovd_dir or args.dataset:
+            raise ComponentError(
+                "--suite reads its benchmarks from --data-root; drop --dataset, --images, --truth and --fgovd-dir"
+            )
+        return suite_command(args, params)
     if args.coco_images and not args.fgovd_dir:
         raise ComponentError("--coco-images needs --fgovd-dir")
     manifest = load_manifest(args.dataset) if args.dataset else None
@@ -96,7 +110,7 @@ def command(args: argparse.Namespace, params: Params) -> int:
     if built and manifest is not None and not manifest.heldout:
         raise ComponentError(f"dataset {manifest.name} holds no shard out of training: set dataset.heldout_shards")
     if not built and not (args.images and args.truth):
-        raise ComponentError("give --dataset, or --images with --truth")
+        raise ComponentError("give --dataset, or --images with --truth (or run a benchmark suite with --suite)")
     try:
         embedder = FGCLIPEmbedder(args.model, params.eval.device, params.eval.global_view)
         with tracked_run(
