@@ -79,7 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset manifest: the demo's held-out split, or the held-out "
         "shards of a built dataset (with --captions, --regions, --negatives)",
     )
-    parser.add_argument("--images", default=None, help="held-out demo image shards (NNNNN.tar), with --truth (or give --dataset or --suite)")
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="held-out demo image shards (NNNNN.tar), with --truth (or give --dataset or --suite)",
+    )
     parser.add_argument("--truth", default=None, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set")
     parser.add_argument("--captions", default=None, help="built data: the captions stage folder")
     parser.add_argument("--regions", default=None, help="built data: the regions stage folder")
