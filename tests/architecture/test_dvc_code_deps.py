@@ -95,7 +95,13 @@ def test_a_missing_or_extra_code_dependency_is_caught(stages, graph) -> None:
 
 @pytest.mark.slow
 def test_rewritten_bytecode_leaves_dvc_status_up_to_date(tmp_path: Path) -> None:
-    params = {"demo": {"train_shards": 1, "heldout_shards": 1, "samples_per_shard": 2}, "tracking": {"enabled": False}}
+    params = {
+        # the dataset stage reads these sections (DVC refuses a stage whose params are missing)
+        "dataset": {"source": "demo"},
+        "ingest": {"resolution": 224},
+        "demo": {"train_shards": 1, "heldout_shards": 1, "samples_per_shard": 2},
+        "tracking": {"enabled": False},
+    }
     root = dvc_workspace(tmp_path / "project", params)
     env = {**tool_env(), "PYTHONPATH": str(root / "components")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # this test is about bytecode being written
