@@ -40,7 +40,7 @@ demo: env
 	python -c 'import json; print(json.load(open("reports/qc/report.json"))["gate"]["message"])' && echo && \
 	fgclip eval-table --reports reports/eval/stage1 reports/eval/stage2 && echo && \
 	python -c 'import json; d = json.load(open("reports/register.json")); print("registry:", d["name"], "v" + d["version"], d["decision"], "-", d["reason"], "- champion: v" + str(d["champion_after"]))' && echo && \
-	echo "image shards + truth : data/demo/{train,heldout}/" && \
+	echo "image shards + truth : data/dataset/{train,heldout}/  (pinned in data/dataset/manifest.json)" && \
 	echo "stage outputs        : data/build/{captions,regions,negatives}/  (rejects: *.rejects.jsonl)" && \
 	echo "QC report            : reports/qc/report.json  (all metrics: dvc metrics show)" && \
 	echo "QC review gallery    : reports/qc/gallery/index.html" && \
