@@ -76,7 +76,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def servers(scratch: Path) -> Iterator[tuple[Any, str]]:
     """A real S3 server (rclone) and a real MLflow server (artifacts on that S3), on loopback;
     the data pods reach them over the host network."""
-    from tests.servers import mlflow_server, s3_server
+    from tests.support.servers import mlflow_server, s3_server
 
     with s3_server(scratch / "s3") as s3:
         s3.bucket(DVC_BUCKET)
@@ -90,7 +90,7 @@ def namespace(
     scratch: Path, servers: tuple[Any, str], params: dict[str, Any], podman: Podman, cpu_image: str
 ) -> Iterator[LocalNamespace]:
     """The namespace the data pods run in: ConfigMaps, the S3 Secret, host network."""
-    from tests.servers import S3_KEY, S3_SECRET
+    from tests.support.servers import S3_KEY, S3_SECRET
 
     s3, tracking = servers
     configmaps, secrets = namespace_objects(

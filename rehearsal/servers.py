@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import S3_KEY, S3_SECRET, START_TIMEOUT_S, STOP_TIMEOUT_S, _wait_http, free_port, program
+from tests.support.servers import S3_KEY, S3_SECRET, START_TIMEOUT_S, STOP_TIMEOUT_S, _wait_http, free_port, program
 
 
 @dataclass
