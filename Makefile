@@ -77,6 +77,7 @@ images: env engine
 # node killed, a failing pod, and the tracking and S3 servers stopped mid-run, all on this
 # machine with podman (rehearsal/). Figures in build/rehearsal/report.json.
 rehearse: env image-cpu
+	@mkdir -p build/rehearsal  # pytest makes --basetemp itself, not its parent (a fresh clone has none)
 	@start=$$(date +%s); \
 	CONTAINERS_CONF=$(abspath images/engine/containers.conf) $(BIN)/python -m pytest -q \
 		--basetemp=$(abspath build/rehearsal/tmp) rehearsal; rc=$$?; \
