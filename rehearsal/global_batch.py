@@ -39,6 +39,8 @@ def concat_stage1(batches: list[dict[str, Any]]) -> dict[str, Any]:
         "pad_token_id": pad_id,
         "pixel_values": torch.cat([batch["pixel_values"] for batch in batches]),
     }
+    if "pixel_normalisation" in batches[0]:  # uint8 pixels: the step normalises them (the same for every rank)
+        out["pixel_normalisation"] = batches[0]["pixel_normalisation"]
     for text in ("short", "long"):
         length = max(batch[f"{text}_ids"].shape[1] for batch in batches)
         padded = [_pad_to(batch[f"{text}_ids"], batch[f"{text}_attention"], length, pad_id) for batch in batches]
