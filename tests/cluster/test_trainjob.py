@@ -85,7 +85,8 @@ def test_trainjob_lands_on_the_pool_with_explicit_processes(pool, resource):
     assert trainer["resourcesPerNode"]["requests"]["memory"] == settings.trainer.memory_per_node
     assert trainer["command"] == ["torchrun"]
     assert trainer["args"][:2] == ["--module", "fgclip.cli"]
-    assert trainer["args"][2:] == ["--params", "/etc/fgclip/params/params.yaml", *STAGE1[1:]]
+    # a TrainJob started again after a failure continues from the last checkpoint
+    assert trainer["args"][2:] == ["--params", "/etc/fgclip/params/params.yaml", *STAGE1[1:], "--resume"]
     assert {env["name"]: env["value"] for env in trainer["env"]} == preset.env
 
     pod = node_pod(manifest)

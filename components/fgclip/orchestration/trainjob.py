@@ -40,6 +40,7 @@ TRAINJOB_PLURAL = "trainjobs"
 TRAINER_NODE = "node"
 # JobSet (which the TrainJob becomes) labels every pod with its name == the TrainJob's.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+RESUME_FLAG = "--resume"
 _TRAINER_DEFAULTS = TrainerSettings()
 
 
@@ -70,6 +71,10 @@ def trainjob_manifest(
     runtimePatches entry: node selector, tolerations, /dev/shm, the shared workspace,
     params.yaml (whose `train` section the trainer turns into the DeepSpeed config) and the
     driver mounts. numProcPerNode is always explicit: Trainer's `auto` counts GPUs only.
+
+    The command always has --resume: a TrainJob started again after a node failed (a retry)
+    continues from the last checkpoint instead of refusing to start; a first run has none
+    and starts at step 0, and checkpoints of other inputs are refused (fgclip.train.loop).
     """
     if not is_template(name):  # a template (e.g. with the try number) is checked once rendered
         check_trainjob_name(name)
@@ -102,7 +107,7 @@ def trainjob_manifest(
                 "image": settings.images[preset.family],
                 "command": ["torchrun"],
                 # torchrun reads nodes, rank, master and procs from the PET_* variables Trainer sets.
-                "args": ["--module", "fgclip.cli", *fgclip_arguments(argv, settings)],
+                "args": ["--module", "fgclip.cli", *_resuming(fgclip_arguments(argv, settings))],
                 "env": to_dict(pod_env(preset)),
                 "numNodes": num_nodes,
                 "numProcPerNode": procs,
@@ -138,6 +143,10 @@ def trainjob_manifest(
             ],
         },
     }
+
+
+def _resuming(args: list[str]) -> list[str]:
+    return args if RESUME_FLAG in args else [*args, RESUME_FLAG]
 
 
 def is_template(text: str) -> bool:
