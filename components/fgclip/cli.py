@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="fgclip", description="FG-CLIP data building, training and evaluation components"
     )
     parser.add_argument(
+        "-C",
+        "--chdir",
+        default=None,
+        metavar="DIR",
+        help="run in DIR, as if started there (a DAG run's workspace: its params.yaml and paths)",
+    )
+    parser.add_argument(
         "--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)"
     )
     parser.add_argument(
@@ -69,6 +77,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    if args.chdir:
+        os.chdir(args.chdir)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

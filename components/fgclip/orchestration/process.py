@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fgclip.core.tracking import PARENT_RUN_ENV
 from fgclip.errors import NOT_RETRYABLE
 from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.pipeline import Project, StageSpec
@@ -87,6 +88,30 @@ def command_env(settings: OrchestrationConfig, base: Mapping[str, str] | None = 
         env["MLFLOW_S3_ENDPOINT_URL"] = endpoint  # MLflow's own name for the same endpoint
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TQDM_MININTERVAL", str(settings.log_progress_every_s))
+    return env
+
+
+def absolute_tracking_uri(uri: str, home: Path) -> str:
+    """A relative sqlite store (the embedded default) as the checkout's: every run workspace
+    logs into the project's one store, not a store of its own."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return prefix + str((home / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def project_env(project: Project, parent_run_id: str | None = None) -> dict[str, str]:
+    """command_env for a command in a (run) workspace: the checkout's MLflow store and DeepSpeed
+    build folder (not new ones per run workspace) and the DAG run's parent MLflow run."""
+    env = command_env(project.settings)
+    home = project.home_root
+    env["MLFLOW_TRACKING_URI"] = absolute_tracking_uri(
+        env.get("MLFLOW_TRACKING_URI") or project.params.tracking.uri, home
+    )
+    extensions = Path(project.params.train.torch_extensions_dir)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions if extensions.is_absolute() else home / extensions))
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
     return env
 
 
@@ -165,10 +190,15 @@ def run_command(
     return CommandResult(list(argv), returncode, seconds)
 
 
-def run_stage_locally(project: Project, stage: StageSpec, shards: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run one stage (or one shard group of a fanned-out stage) in the project folder."""
+def run_stage_locally(
+    project: Project, stage: StageSpec, shards: Sequence[str] | None = None, parent_run_id: str | None = None
+) -> dict[str, Any]:
+    """Run one stage (or one shard group of a fanned-out stage) in the (run) workspace."""
     argv = stage.command(list(shards) if shards else None)
     result = run_command(
-        argv, cwd=project.root, env=command_env(project.settings), kill_grace_s=project.settings.kill_grace_s
+        argv,
+        cwd=project.root,
+        env=project_env(project, parent_run_id),
+        kill_grace_s=project.settings.kill_grace_s,
     )
     return {"stage": stage.name, **({"shards": list(shards)} if shards else {}), **result.as_dict(), "cmd": argv}

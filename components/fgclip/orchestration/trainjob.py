@@ -2,19 +2,26 @@
 `fgclip train` under torchrun on N nodes of the training pool, and the Airflow operator
 that creates it and waits until it completes or fails.
 
+The wait is deferred (`TrainJobTrigger` polls in Airflow's triggerer): a training of three
+days holds no worker slot. The TrainJob carries its own deadline (`activeDeadlineSeconds`),
+so a hung job is stopped by the cluster even when nobody is waiting for it.
+
 `trainjob_manifest` builds the spec offline (tests render and validate it); only the
-operator's `execute` talks to a cluster.
+operator's `execute` and the trigger talk to a cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes.client.exceptions import ApiException
 
 from fgclip.orchestration.config import KubernetesConfig, TrainerSettings
@@ -59,7 +66,14 @@ def training_component(argv: Sequence[str]) -> str:
 
 
 def trainjob_manifest(
-    argv: Sequence[str], settings: KubernetesConfig, num_nodes: int, name: str, *, component: str | None = None
+    argv: Sequence[str],
+    settings: KubernetesConfig,
+    num_nodes: int,
+    name: str,
+    *,
+    component: str | None = None,
+    workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Kubeflow Trainer v2 TrainJob running `torchrun -m fgclip.cli ... train ...` on
     `num_nodes` nodes of the training component's pool.
@@ -70,6 +84,9 @@ def trainjob_manifest(
     runtimePatches entry: node selector, tolerations, /dev/shm, the shared workspace,
     params.yaml (whose `train` section the trainer turns into the DeepSpeed config) and the
     driver mounts. numProcPerNode is always explicit: Trainer's `auto` counts GPUs only.
+    `workdir`: the DAG run's workspace the nodes train in (its params.yaml); `env`: more
+    variables (e.g. the DAG run's MLflow run). `activeDeadlineSeconds` is the trainer's
+    timeout: the cluster stops the job then, whoever is waiting.
     """
     if not is_template(name):  # a template (e.g. with the try number) is checked once rendered
         check_trainjob_name(name)
@@ -98,12 +115,13 @@ def trainjob_manifest(
         "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
         "spec": {
             "runtimeRef": {"name": trainer.runtime_name, "apiGroup": TRAINER_GROUP, "kind": trainer.runtime_kind},
+            "activeDeadlineSeconds": int(trainer.timeout_s),
             "trainer": {
                 "image": settings.images[preset.family],
                 "command": ["torchrun"],
                 # torchrun reads nodes, rank, master and procs from the PET_* variables Trainer sets.
-                "args": ["--module", "fgclip.cli", *fgclip_arguments(argv, settings)],
-                "env": to_dict(pod_env(preset)),
+                "args": ["--module", "fgclip.cli", *fgclip_arguments(argv, settings, workdir)],
+                "env": [*to_dict(pod_env(preset)), *({"name": k, "value": v} for k, v in sorted((env or {}).items()))],
                 "numNodes": num_nodes,
                 "numProcPerNode": procs,
                 "resourcesPerNode": to_dict(
@@ -165,12 +183,83 @@ def logs_command(namespace: str, name: str) -> str:
     )
 
 
+#: How the trigger reads a TrainJob: (name, namespace) -> the object (injected in tests).
+Fetch = Callable[[str, str], Awaitable[Mapping[str, Any]]]
+
+
+class TrainJobTrigger(BaseTrigger):
+    """Polls a TrainJob from Airflow's triggerer until it completes or fails, then fires one
+    event {"state", "detail", "name", "namespace"}: the worker slot is free meanwhile."""
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        kubernetes_conn_id: str = "kubernetes_default",
+        poll_interval_s: float = _TRAINER_DEFAULTS.poll_interval_s,
+        fetch: Fetch | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.namespace = namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.poll_interval_s = poll_interval_s
+        self._fetch = fetch
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "name": self.name,
+                "namespace": self.namespace,
+                "kubernetes_conn_id": self.kubernetes_conn_id,
+                "poll_interval_s": self.poll_interval_s,
+            },
+        )
+
+    async def _get(self) -> Mapping[str, Any]:
+        if self._fetch is not None:
+            return await self._fetch(self.name, self.namespace)
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+        from kubernetes_asyncio import client as async_client
+
+        hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
+        async with hook.get_conn() as connection:
+            api = async_client.CustomObjectsApi(connection)
+            return await api.get_namespaced_custom_object(
+                group=TRAINER_GROUP,
+                version=TRAINER_VERSION,
+                namespace=self.namespace,
+                plural=TRAINJOB_PLURAL,
+                name=self.name,
+            )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            try:
+                trainjob = await self._get()
+            except Exception as error:  # the API server or the TrainJob is gone: the task decides
+                yield TriggerEvent({"state": "Error", "detail": f"cannot read the TrainJob: {error}", **self._id()})
+                return
+            verdict = trainjob_verdict(trainjob)
+            if verdict is not None:
+                yield TriggerEvent({"state": verdict[0], "detail": verdict[1], **self._id()})
+                return
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _id(self) -> dict[str, str]:
+        return {"name": self.name, "namespace": self.namespace}
+
+
 class TrainJobOperator(BaseOperator):
     """Create a TrainJob and wait until it completes (returns its name) or fails (raises with
-    Trainer's reason and message). A TrainJob of the same name that already exists (a retry
-    after the worker died) is attached to, not duplicated. On timeout or kill the TrainJob is
-    deleted, so its nodes free their accelerators. The last lines of each node's log are
-    copied into the task log; the full logs stay reachable with the logged kubectl command.
+    Trainer's reason and message). The wait is deferred to a TrainJobTrigger (`deferrable`,
+    the default; False polls in the worker). Each try creates a TrainJob of its own name (the
+    name template holds the try number); a TrainJob of the same name that already exists (the
+    same try, after the worker died) is attached to, not duplicated. On timeout or kill the
+    TrainJob is deleted, so its nodes free their accelerators. The last lines of each node's
+    log are copied into the task log; the full logs stay reachable with the logged kubectl
+    command.
 
     `num_nodes`, when given (an int or a template such as "{{ params.num_nodes }}"), replaces
     the manifest's node count at run time. `custom_objects_api` / `core_api` default to the
@@ -188,11 +277,13 @@ class TrainJobOperator(BaseOperator):
         timeout_s: float = _TRAINER_DEFAULTS.timeout_s,
         log_tail_lines: int = _TRAINER_DEFAULTS.log_tail_lines,
         num_nodes: int | str | None = None,
+        deferrable: bool = True,
         custom_objects_api: Any = None,
         core_api: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
         self.manifest = manifest
         self.num_nodes = num_nodes
         self.kubernetes_conn_id = kubernetes_conn_id
@@ -211,6 +302,8 @@ class TrainJobOperator(BaseOperator):
         settings: KubernetesConfig,
         num_nodes: int | str,
         name: str,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> TrainJobOperator:
         """The operator for one `fgclip train` command, with the trainer settings' timing;
@@ -219,11 +312,12 @@ class TrainJobOperator(BaseOperator):
         planned = num_nodes if isinstance(num_nodes, int) else trainer.num_nodes
         return cls(
             task_id=task_id,
-            manifest=trainjob_manifest(argv, settings, planned, name),
+            manifest=trainjob_manifest(argv, settings, planned, name, workdir=workdir, env=env),
             num_nodes=num_nodes,
             poll_interval_s=trainer.poll_interval_s,
             timeout_s=trainer.timeout_s,
             log_tail_lines=trainer.log_tail_lines,
+            deferrable=trainer.deferrable,
             **kwargs,
         )
 
@@ -290,9 +384,21 @@ class TrainJobOperator(BaseOperator):
                 ) from error
             self.log.info("TrainJob %s/%s already exists (an earlier try): waiting for it", namespace, name)
         self.log.info("node logs: %s", logs_command(namespace, name))
-        verdict = self._wait()
+        if self.deferrable:
+            self.defer(
+                trigger=TrainJobTrigger(name, namespace, self.kubernetes_conn_id, self.poll_interval_s),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout_s),
+            )
+        return self._finish(*self._wait())
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any]) -> str:
+        """Back from the trigger with the TrainJob's verdict."""
+        return self._finish(str(event["state"]), str(event["detail"]))
+
+    def _finish(self, state: str, detail: str) -> str:
+        name, namespace = self.job_name, self.job_namespace
         self._copy_node_logs()
-        state, detail = verdict
         if state == "Complete":
             self.log.info("TrainJob %s/%s completed: %s", namespace, name, detail)
             return name
