@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
 MARKER_FILE = ".fgclip-run.json"
-#: DVC links outputs from the shared cache in this order of preference; never `copy`, which
+#: DVC links outputs from the shared cache (hardlinks; symlinks across file systems); never
+#: `copy` (a second copy of every file on the volume), nor `reflink` first: DVC 3.67 falls back
+#: to a copy when reflinks are not supported, instead of trying the next type.
 #: would put a second copy of every file on the volume.
-CACHE_TYPES = "reflink,hardlink,symlink"
+CACHE_TYPES = "hardlink,symlink"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

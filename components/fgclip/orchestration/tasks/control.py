@@ -302,7 +302,7 @@ def approval_tasks(project: Project, decision: Any) -> tuple[Any, Any]:
         subject="Promote {{ ti.xcom_pull(task_ids='registry_decision')['name'] }} "
         "v{{ ti.xcom_pull(task_ids='registry_decision')['version'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='registry_decision')['reason'] }}",
-        execution_timeout=timedelta(seconds=project.params.registry.approval_timeout_s),
+        response_timeout=timedelta(seconds=project.params.registry.approval_timeout_s),
         doc_md=approval_tasks.__doc__,
     )
     if _kubernetes(project):
