@@ -105,7 +105,10 @@ def test_pools_differ_where_they_should():
     assert container_of(npu)["resources"]["limits"]["huawei.com/Ascend910"] == "1"
     assert npu["spec"]["schedulerName"] == "volcano"
     assert {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"} in npu["spec"]["tolerations"]
-    assert {v["name"] for v in npu["spec"]["volumes"]} >= {"ascend-driver", "ascend-dcmi", "npu-smi"}
+    # the driver comes with the `ascend` RuntimeClass of NPU pods only, never a hostPath
+    assert npu["spec"]["runtimeClassName"] == "ascend"
+    assert not any("hostPath" in v for pod in (npu, gpu, cpu) for v in pod["spec"]["volumes"])
+    assert "runtimeClassName" not in gpu["spec"] and "runtimeClassName" not in cpu["spec"]
     assert container_of(gpu)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert "schedulerName" not in gpu["spec"]

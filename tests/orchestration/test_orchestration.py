@@ -1,5 +1,5 @@
 """The orchestration core without Airflow: dvc.yaml reading, shard groups, the subprocess
-runner, params edits from the trigger form, form fields and dataset version ids."""
+runner, a run's params from the trigger form, form fields and dataset version ids."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from fgclip.config import load_params
-from fgclip.orchestration import control, form, process
+from fgclip.orchestration import form, process, runs
 from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.dataset import version_id
+from fgclip.orchestration.gitrepo import RunError
 from fgclip.orchestration.pipeline import PipelineError, group_label, load_pipeline, shard_groups
 
 DVC_YAML = """
@@ -221,12 +222,10 @@ def test_command_env_fills_s3_defaults_but_never_overrides_the_environment() -> 
     assert "AWS_ACCESS_KEY_ID" not in env
 
 
-def test_form_values_land_in_params_yaml_keeping_its_comments(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("# the knobs\nqc:\n  sample_size: 400  # items\n  max_noise_upper: 0.05\n")
-    before = (tmp_path / "params.yaml").stat().st_mtime_ns
-    assert control.apply_params(tmp_path, {"qc.sample_size": 400}) == {}
-    assert (tmp_path / "params.yaml").stat().st_mtime_ns == before, "an unchanged value rewrote the file"
-    changed = control.apply_params(tmp_path, {"qc.sample_size": 40, "recaption.backend": "demo"})
+def test_form_values_land_in_the_runs_params_keeping_its_comments(tmp_path: Path) -> None:
+    base = "# the knobs\nqc:\n  sample_size: 400  # items\n  max_noise_upper: 0.05\n"
+    assert runs.write_params(tmp_path, base, {"qc.sample_size": 400}) == {}
+    changed = runs.write_params(tmp_path, base, {"qc.sample_size": 40, "recaption.backend": "demo"})
     assert changed == {"qc.sample_size": 40}
     text = (tmp_path / "params.yaml").read_text()
     assert "# the knobs" in text and "# items" in text
@@ -237,10 +236,17 @@ def test_form_values_land_in_params_yaml_keeping_its_comments(tmp_path: Path) ->
     "values, message", [({"qc.max_noise_upper": 2.0}, "not valid"), ({"qc.no_such_knob": 1}, "no key")]
 )
 def test_bad_form_values_are_refused_before_anything_is_written(tmp_path: Path, values, message) -> None:
-    (tmp_path / "params.yaml").write_text("qc:\n  sample_size: 400\n")
-    with pytest.raises(control.ControlError, match=message):
-        control.apply_params(tmp_path, values)
-    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == {"qc": {"sample_size": 400}}
+    with pytest.raises(RunError, match=message):
+        runs.write_params(tmp_path, "qc:\n  sample_size: 400\n", values)
+    assert not (tmp_path / "params.yaml").exists()
+
+
+def test_an_empty_form_field_keeps_the_committed_value() -> None:
+    values = {"recaption_openai_model": None, "recaption_hf_model": None, "qc_sample_size": 9}
+    keys = ["recaption.openai.model", "recaption.hf.model", "qc.sample_size"]
+    # openai.model is a plain string: empty keeps params.yaml's; hf.model may be null
+    assert form.overrides(values, keys) == {"recaption.hf.model": None, "qc.sample_size": 9}
+    assert form.drop_empty({"negatives.openai.model": None, "negatives.count": 3}) == {"negatives.count": 3}
 
 
 def test_form_fields_carry_the_configs_types_choices_and_bounds() -> None:

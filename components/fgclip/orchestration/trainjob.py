@@ -317,8 +317,7 @@ class TrainJobOperator(BaseOperator):
             poll_interval_s=trainer.poll_interval_s,
             timeout_s=trainer.timeout_s,
             log_tail_lines=trainer.log_tail_lines,
-            deferrable=trainer.deferrable,
-            **kwargs,
+            **{"deferrable": trainer.deferrable, **kwargs},
         )
 
     # -- clients (injected in tests; the cncf provider's hook on a cluster)
