@@ -79,5 +79,7 @@ airflow: env
 		"import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
 	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)   user: admin   password:" \
 		"$$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"
+	@airflow db migrate > $(AIRFLOW_DIR)/migrate.log
+	@$(BIN)/python -m fgclip.orchestration.pools > $(AIRFLOW_DIR)/pools.json && airflow pools import $(AIRFLOW_DIR)/pools.json > /dev/null
 	@echo "Trigger fgclip_data_build (the play button, then the form); fgclip_train follows on its dataset. Ctrl-C stops."
 	airflow standalone

@@ -24,8 +24,8 @@ from airflow.sdk import dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
 from fgclip.orchestration.tasks import graph
+from fgclip.orchestration.tasks.common import dag_macros
 from fgclip.orchestration.tasks.control import data_form, finish_callbacks
-from fgclip.orchestration.tasks.stages import dag_macros
 
 # params.yaml and dvc.yaml as committed: what every run starts from, so the DAG never changes
 # under a run and the form's defaults never drift.

@@ -25,8 +25,8 @@ from airflow.sdk import dag
 
 from fgclip.orchestration.pipeline import load_project, project_root
 from fgclip.orchestration.tasks import graph
+from fgclip.orchestration.tasks.common import dag_macros
 from fgclip.orchestration.tasks.control import dataset_asset, finish_callbacks, train_form
-from fgclip.orchestration.tasks.stages import dag_macros
 
 # params.yaml and dvc.yaml as committed (see fgclip_data_build.py).
 PROJECT = load_project(project_root(Path(__file__).resolve().parent), committed=True)

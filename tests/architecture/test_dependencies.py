@@ -33,6 +33,7 @@ LAZY_ALLOWED = {
     "botocore": "s3:// paths only",
     "mlflow": "tracking only when enabled; DAG parsing must stay light",
     "airflow": "the kubernetes operator's cluster calls only",
+    "kubernetes_asyncio": "the TrainJob trigger's API calls only (it runs in Airflow's triggerer)",
     "skimage": "the demo world's photo backgrounds only",
     "safetensors": "checkpoint conversion only",
     "webdataset": "the training stream only",

@@ -345,7 +345,7 @@ def test_the_wait_is_deferred_so_no_worker_slot_is_held(capsys):
     assert isinstance(trigger, TrainJobTrigger) and deferred.value.method_name == "execute_complete"
     assert deferred.value.timeout.total_seconds() == 3600
     classpath, kwargs = trigger.serialize()
-    assert classpath == "fgclip.orchestration.trainjob.TrainJobTrigger" and kwargs["name"] == "fgclip-s1"
+    assert classpath == "fgclip.orchestration.trainjob_status.TrainJobTrigger" and kwargs["name"] == "fgclip-s1"
     # back from the trigger
     assert task.execute_complete({}, {"state": "Complete", "detail": "done"}) == "fgclip-s1"
     with pytest.raises(AirflowException, match="failed: JobsFailed: NCCL timeout"):

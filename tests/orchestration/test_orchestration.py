@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fgclip.config import load_params
 from fgclip.orchestration import form, process, runs

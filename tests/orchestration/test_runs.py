@@ -21,7 +21,7 @@ from tests.conftest import tool_env
 DVC_YAML = """
 stages:
   make:
-    cmd: python -c "import pathlib; p = pathlib.Path('out'); p.mkdir(exist_ok=True); (p / 'a.txt').write_text('x' * 4096)"
+    cmd: python -c "import pathlib; p = pathlib.Path('out'); p.mkdir(exist_ok=True); (p / 'a').write_text('x' * 99)"
     params: [qc.sample_size]
     outs: [out]
   count:
@@ -102,7 +102,7 @@ def test_runs_at_once_get_their_own_workspaces_and_share_one_cache(project: Path
         assert yaml.safe_load((root / "params.yaml").read_text())["qc"]["sample_size"] == n
         subprocess.run(["dvc", "repro", "-q", "make"], cwd=root, check=True, env=tool_env())
         subprocess.run(["dvc", "commit", "-q", "-f", "make"], cwd=root, check=True, env=tool_env())
-    files = [root / "out" / "a.txt" for root in roots]
+    files = [root / "out" / "a" for root in roots]
     # one object in the shared cache, linked (not copied) into every workspace
     assert len({file.stat().st_ino for file in files}) == 1
     assert (project / ".dvc" / "cache" / "files" / "md5").is_dir()

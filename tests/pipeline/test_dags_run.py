@@ -191,7 +191,7 @@ def test_publish_tags_the_version_puts_it_on_s3_and_emits_the_asset(
 
 
 def test_train_registers_the_model_from_its_run_with_its_lineage(
-    data_run, env, workspace, servers, monkeypatch
+    data_run, env, workspace, servers, monkeypatch, tmp_path
 ) -> None:
     from mlflow import MlflowClient
 
@@ -230,13 +230,18 @@ def test_train_registers_the_model_from_its_run_with_its_lineage(
     assert components.count("recaption") == 2 and "qc" in components, components  # one run per shard group
     assert client.get_run(data_parent).info.status == "FINISHED"
     # the logged model is the Hugging Face folder alone, with an input example
+    import mlflow
+
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    artifacts = storage.list_files(ARTIFACTS)
-    logged = [name for name in artifacts if "/artifacts/" in name and "fgclip_model" in name]
-    assert any(name.endswith("config.json") for name in logged), artifacts[:50]
-    assert not [name for name in logged if "checkpoints" in name or "optim" in name], "optimiser states were logged"
-    assert any("input_example" in name for name in artifacts), "no input example was logged"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(tmp_path)))
+    files = [path.relative_to(local).as_posix() for path in local.rglob("*") if path.is_file()]
+    assert any(name.endswith("fgclip_model/config.json") for name in files), files
+    assert any(name.endswith(".safetensors") for name in files), files
+    assert not [name for name in files if "checkpoint" in name or "optim" in name], "optimiser states were logged"
+    assert any(name.startswith("input_example") or "/input_example" in name for name in files), files
+    assert any(name.startswith("s3://mlflow/") or "MLmodel" in name for name in storage.list_files(ARTIFACTS))
 
 
 def test_a_failing_qc_gate_publishes_nothing_and_keeps_the_checkout(data_run, env, workspace, committed_params) -> None:

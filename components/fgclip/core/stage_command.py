@@ -79,7 +79,7 @@ def run_tracked_stage(
         if not prune:  # one group of a fan-out: its shards, from the digests the stage took anyway
             digest = hashlib.sha256(canonical_json(summary.input_digests).encode()).hexdigest()
             for name, path in inputs.items():
-                tracker.log_dataset(path, name, digest=(digest, "shards:" + ",".join(shards)))
+                tracker.log_dataset(path, name, known=(digest, "shards:" + ",".join(shards)))
         counts = summary.as_dict()
         tracker.log_metrics({k: v for k, v in counts.items() if k not in ("rejected", "ignored")})
         tracker.log_metrics({f"rejected.{k}": v for k, v in counts["rejected"].items()})

@@ -125,11 +125,11 @@ class Tracker:
             self._mlflow.set_tags(dict(tags))
 
     def log_dataset(
-        self, path: str | Path, name: str, context: str = "input", digest: tuple[str, str] | None = None
+        self, path: str | Path, name: str, context: str = "input", known: tuple[str, str] | None = None
     ) -> str:
-        """Log a data folder as an MLflow dataset input; returns its digest. `digest`:
+        """Log a data folder as an MLflow dataset input; returns its digest. `known`:
         (digest, origin) computed already (a fan-out group's shards), else computed here."""
-        digest, origin = digest or dataset_digest(path)
+        digest, origin = known or dataset_digest(path)
         if self._mlflow:
             from mlflow.data.meta_dataset import MetaDataset
             from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import

@@ -201,7 +201,9 @@ def decision(project: Project, dataset_version: str | None = None, parent_run_id
         try:
             dvc(project, "commit", "--force", *[s.name for s in project.train_stages()])
             tag = project.settings.model_tag.format(name=result["name"], version=result["version"])
-            state = record_state(project.root, project.settings, f"model {result['name']} v{result['version']}", tag)
+            reports = [out for train_stage in project.train_stages() for out in train_stage.git_outs]
+            message = f"model {result['name']} v{result['version']}"
+            state = record_state(project.root, project.settings, message, tag, reports)
         except (RunError, StageFailed) as error:
             raise ControlError(f"could not record the trained model's DVC state: {error}") from error
     tags = {

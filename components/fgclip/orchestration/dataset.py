@@ -25,7 +25,7 @@ import yaml
 from fgclip.core.storage import is_s3, read_text, s3_settings, write_text_atomic
 from fgclip.orchestration.pipeline import PARAMS_FILE, Project, StageSpec
 from fgclip.orchestration.process import CommandResult, StageFailed, command_env, resolve_program, run_command
-from fgclip.orchestration.runs import read_marker, record_state, write_params
+from fgclip.orchestration.runs import read_marker, record_state, restore_files, write_params
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def publish(project: Project, extra: dict[str, Any] | None = None) -> dict[str, 
     state: dict[str, str] = {}
     if read_marker(project.root) is not None:  # a run workspace: the version is a git state too
         tag = project.settings.dataset_tag.format(version=version)
-        state = record_state(project.root, project.settings, f"dataset {version}", tag)
+        reports = [out for stage in project.data_stages() for out in stage.git_outs]
+        state = record_state(project.root, project.settings, f"dataset {version}", tag, reports)
     remote = ensure_remote(project)
     dvc(project, "push", "--remote", project.settings.dvc_remote, *names)
     lock = _read_lock(project)
@@ -201,6 +202,9 @@ def checkout_version(project: Project, version: str) -> dict[str, Any]:
     lock = _read_lock(project) or {"schema": record["lock"].get("schema") or "2.0"}
     lock.setdefault("stages", {}).update(stages)
     write_text_atomic(project.root / LOCK_FILE, yaml.safe_dump(lock, sort_keys=False))
+    if record.get("commit") and read_marker(project.root) is not None:
+        # the reports and the QC gate DVC leaves to git come from the version's commit
+        restore_files(project.root, record["commit"], [out for s in project.data_stages() for out in s.git_outs])
     pulled = False
     try:
         dvc(project, "checkout", "--force", *stages)

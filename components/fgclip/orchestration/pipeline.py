@@ -4,6 +4,10 @@
 `cmd` exactly as dvc.yaml writes it, with `--shards NNNNN ...` appended for the stages
 fanned out over shard groups. Nothing here imports Airflow or the components, so DAG files
 parse fast and this module is testable on its own.
+
+Why this module is long: reading dvc.yaml as DVC does (path and params forms, foreach
+expansion, the out -> dep order) and the project and shard groups built on it are one unit
+that every DAG task and control step reads; split, each part would import the others.
 """
 
 from __future__ import annotations
@@ -110,6 +114,11 @@ class StageSpec:
             if word.startswith(flag + "="):
                 return word.split("=", 1)[1]
         return None
+
+    @property
+    def git_outs(self) -> tuple[str, ...]:
+        """The outs DVC leaves to git (`cache: false`: reports, metrics, plots)."""
+        return tuple(out for out in self.outs if out not in self.cached_outs)
 
     def reads_param(self, key: str) -> bool:
         """Whether the stage tracks `key` (a dotted params.yaml key) itself or a section above it."""

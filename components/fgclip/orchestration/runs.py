@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
@@ -193,10 +193,13 @@ def _exclude(root: Path, name: str) -> None:
         info.write_text("\n".join([*lines, f"/{name}"]) + "\n")
 
 
-def record_state(root: Path, settings: OrchestrationConfig, message: str, tag: str) -> dict[str, str]:
+def record_state(
+    root: Path, settings: OrchestrationConfig, message: str, tag: str, files: Sequence[str] = ()
+) -> dict[str, str]:
     """Commit what DVC recorded in the run workspace (dvc.lock, params.yaml, the .gitignore
-    entries of its outputs) and tag it; the tag names a state anyone can check out. An
-    existing tag on the same tree is kept (the same data, the same version)."""
+    entries of its outputs, and `files`: the outputs DVC leaves to git, such as reports and
+    metrics) and tag it; the tag names a state anyone can check out. An existing tag on the
+    same tree is kept (the same data, the same version)."""
     home = home_of(root)
     with repository_lock(home):
         changed = [
@@ -204,9 +207,13 @@ def record_state(root: Path, settings: OrchestrationConfig, message: str, tag: s
             for line in git(root, "status", "--porcelain", "--untracked-files=all").splitlines()
             if line[3:] in (PARAMS_FILE, "dvc.lock") or line[3:].endswith(".gitignore")
         ]
-        if changed:
+        present = [name for name in files if (root / name).exists()]
+        if changed or present:
             git(root, "add", "--", *changed)
-            git(root, "commit", "--quiet", "--no-verify", "-m", message, identity=settings.git_identity)
+            if present:
+                git(root, "add", "--force", "--", *present)
+            if git(root, "diff", "--cached", "--name-only").strip():
+                git(root, "commit", "--quiet", "--no-verify", "-m", message, identity=settings.git_identity)
         commit = git(root, "rev-parse", "HEAD").strip()
         existing = git(home, "tag", "--list", tag).strip()
         if existing:
@@ -217,3 +224,11 @@ def record_state(root: Path, settings: OrchestrationConfig, message: str, tag: s
         git(home, "tag", "--annotate", "--message", message, tag, commit, identity=settings.git_identity)
     log.info("recorded %s as commit %s, tag %s", root, commit[:12], tag)
     return {"commit": commit, "tag": tag}
+
+
+def restore_files(root: Path, commit: str, files: Sequence[str]) -> list[str]:
+    """Take `files` (outputs DVC leaves to git) as `commit` has them; returns those it had."""
+    present = [name for name in files if committed_text(root, name, commit) is not None]
+    if present:
+        git(root, "checkout", commit, "--", *present)
+    return present

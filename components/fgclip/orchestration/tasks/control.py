@@ -29,7 +29,8 @@ from fgclip.orchestration.gitrepo import RunError
 from fgclip.orchestration.pipeline import Project
 from fgclip.orchestration.process import StageFailed
 from fgclip.orchestration.runs import read_marker, run_dir
-from fgclip.orchestration.tasks.stages import check_local_nodes, current_workspace, task_defaults
+from fgclip.orchestration.tasks.pods import PARENT_RUN_TEMPLATE, control_pod
+from fgclip.orchestration.tasks.stages import check_local_nodes, current_workspace
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def _kubernetes(project: Project) -> bool:
 
 
 def _pod(project: Project, task_id: str, arguments: list[str], **kwargs: Any) -> Any:
-    from fgclip.orchestration.tasks.pods import control_pod
-
     return control_pod(project, task_id, arguments, **kwargs)
 
 
@@ -190,7 +189,6 @@ def publish_task(project: Project) -> Any:
     asset = dataset_asset(project)
     doc = publish_task.__doc__
     if _kubernetes(project):
-        from fgclip.orchestration.tasks.pods import PARENT_RUN_TEMPLATE
 
         def emit(context: Mapping[str, Any], result: Mapping[str, Any]) -> None:
             context["outlet_events"][asset].extra = dict(result)
@@ -265,8 +263,6 @@ def decision_task(project: Project, version: Any) -> Any:
     runs, the git state) and the run's DVC state is committed and tagged model/<name>/v<n>."""
     doc = decision_task.__doc__
     if _kubernetes(project):
-        from fgclip.orchestration.tasks.pods import PARENT_RUN_TEMPLATE
-
         args = ["decision", "--dataset-version", version, "--parent-run-id", PARENT_RUN_TEMPLATE]
         return _pod(project, "registry_decision", args, doc_md=doc)
 
@@ -348,6 +344,3 @@ def finish_callbacks(project: Project) -> dict[str, Any]:
         return callback
 
     return {"on_success_callback": close(False), "on_failure_callback": close(True)}
-
-
-__all__ = ["task_defaults"]

@@ -10,16 +10,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import models as k8s
 
 from fgclip.orchestration.config import KubernetesConfig
+from fgclip.orchestration.control import POD_XCOM_FILE
 from fgclip.orchestration.form import NUM_NODES
 from fgclip.orchestration.kubernetes import fgclip_arguments, pod_operator_kwargs, run_workdir
 from fgclip.orchestration.pipeline import Project, StageSpec, group_label
-from fgclip.orchestration.tasks.stages import (
+from fgclip.orchestration.tasks.common import (
     GROUP_LABEL_KEY,
     GROUP_POD_LABEL,
     RUN_KEY_MACRO,
-    _pool_kwargs,
+    pool_kwargs,
     task_defaults,
 )
 from fgclip.orchestration.trainjob import TrainJobOperator
@@ -40,8 +42,6 @@ def workdir(project: Project) -> str:
 
 
 def _env(kwargs: dict[str, Any]) -> list[Any]:
-    from kubernetes.client import models as k8s
-
     return [*kwargs.get("env_vars", []), k8s.V1EnvVar(name=PARENT_RUN_ENV, value=PARENT_RUN_TEMPLATE)]
 
 
@@ -74,7 +74,7 @@ class ShardGroupPodOperator(KubernetesPodOperator):
 
 
 def kubernetes_task(project: Project, stage: StageSpec, shards: Any) -> Any:
-    defaults = {**task_defaults(project.settings), **_pool_kwargs(project, stage)}
+    defaults = {**task_defaults(project.settings), **pool_kwargs(project, stage)}
     if stage.component == "train":
         return trainjob_task(project, stage, defaults)
     if shards is None:
@@ -119,8 +119,6 @@ def control_pod(project: Project, task_id: str, arguments: list[str], *, home: b
     """A KubernetesPodOperator running one control step in the run workspace (`home`: in the
     checkout, for the step that makes the run workspace); its JSON result is the task's XCom
     (read by the operator through `pods/exec`, which the Role grants)."""
-    from fgclip.orchestration.control import POD_XCOM_FILE
-
     settings = project.params.kubernetes
     where = settings.workspace_path if home else workdir(project)
     pod = pod_operator_kwargs(project.settings.control_component, ["fgclip", "--help"], settings)

@@ -11,30 +11,18 @@ thousand shard groups never put a thousand pods in front of the scheduler at onc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from fgclip.orchestration.config import OrchestrationConfig
+from fgclip.orchestration.control import run_project
 from fgclip.orchestration.form import NUM_NODES
 from fgclip.orchestration.pipeline import Project, StageSpec, group_label
 from fgclip.orchestration.process import StageFailed, run_stage_locally
-from fgclip.orchestration.runs import read_marker, run_dir, run_key
-
-#: The key of the context entry that names a mapped task in the UI.
-GROUP_LABEL_KEY = "shard_group"
-#: A mapped pod's label that names its shard group (also its name in the UI).
-GROUP_POD_LABEL = "fgclip.io/shard-group"
-#: The DAG macro that names a run's workspace folder (`<dag>/<run>`) in templates.
-RUN_KEY_MACRO = "fgclip_run_key"
-POOL_PREFIX = "fgclip-"
-
-
-def dag_macros() -> dict[str, Any]:
-    """The user-defined macros every fgclip DAG needs (the run workspace in pod templates)."""
-    return {RUN_KEY_MACRO: run_key}
+from fgclip.orchestration.runs import read_marker, run_dir
+from fgclip.orchestration.tasks.common import GROUP_LABEL_KEY, pool_kwargs, task_defaults
+from fgclip.orchestration.tasks.pods import kubernetes_task
 
 
 def _fail(error: StageFailed) -> BaseException:
@@ -44,32 +32,8 @@ def _fail(error: StageFailed) -> BaseException:
     return AirflowFailException(str(error))
 
 
-def task_defaults(settings: OrchestrationConfig) -> dict[str, Any]:
-    return {
-        "retries": settings.retries,
-        "retry_delay": timedelta(seconds=settings.retry_delay_s),
-        "execution_timeout": timedelta(seconds=settings.task_timeout_s),
-        # a task deeper in the pipeline goes first: shard groups finish before new ones start
-        "weight_rule": "upstream",
-    }
-
-
-def stage_pool(project: Project, stage: StageSpec) -> str | None:
-    """The Airflow pool of the stage's accelerator family, if orchestration.pools has it."""
-    family = project.params.kubernetes.pools[project.params.kubernetes.pool_for(stage.base_name)].family
-    name = POOL_PREFIX + family
-    return name if name in project.settings.pools else None
-
-
-def _pool_kwargs(project: Project, stage: StageSpec) -> dict[str, Any]:
-    pool = stage_pool(project, stage)
-    return {"pool": pool} if pool else {}
-
-
 def current_workspace(project: Project) -> Project:
     """The project of the running DAG run's workspace (see runs.py)."""
-    from fgclip.orchestration.control import run_project  # control imports this package's siblings only
-
     context = get_current_context()
     return run_project(run_dir(project.root, project.settings, context["dag"].dag_id, context["run_id"]))
 
@@ -84,8 +48,6 @@ def stage_task(project: Project, stage: StageSpec, shards: Any = None) -> Any:
     if stage.fan_out and shards is None:
         raise ValueError(f"stage {stage.name} is fanned out: pass its shard group")
     if project.settings.runtime == "kubernetes":
-        from fgclip.orchestration.tasks.pods import kubernetes_task
-
         return kubernetes_task(project, stage, shards if stage.fan_out else None)
     return _local_task(project, stage, shards if stage.fan_out else None)
 
@@ -99,7 +61,7 @@ def _local_task(project: Project, stage: StageSpec, shards: Any) -> Any:
         map_index_template="{{ " + GROUP_LABEL_KEY + " }}" if stage.fan_out else None,
         multiple_outputs=False,
         **task_defaults(project.settings),
-        **_pool_kwargs(project, stage),
+        **pool_kwargs(project, stage),
     )
     def run(shards: Sequence[str] | None = None) -> dict[str, Any]:
         if shards:
