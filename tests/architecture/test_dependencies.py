@@ -42,6 +42,8 @@ LAZY_ALLOWED = {
 #: fgclip modules a function may import lazily, and why.
 LAZY_ALLOWED_FGCLIP = {
     "fgclip.model.modeling": "pulls in transformers: data loader workers import the tokenizer module without it",
+    "fgclip.orchestration.tasks.pods": "pulls in the cncf provider and Kubernetes clients (~2 s): the local "
+    "runtime's DAG parse, which every task process repeats, never needs them",
 }
 
 

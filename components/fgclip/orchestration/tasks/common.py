@@ -17,6 +17,8 @@ GROUP_POD_LABEL = "fgclip.io/shard-group"
 #: The DAG macro that names a run's workspace folder (`<dag>/<run>`) in templates.
 RUN_KEY_MACRO = "fgclip_run_key"
 POOL_PREFIX = "fgclip-"
+#: The parent MLflow run of the DAG run, as the prepare pod returned it (kubernetes runtime).
+PARENT_RUN_TEMPLATE = "{{ ti.xcom_pull(task_ids='prepare')['parent_run_id'] or '' }}"
 
 
 def dag_macros() -> dict[str, Any]:

@@ -29,7 +29,7 @@ from fgclip.orchestration.gitrepo import RunError
 from fgclip.orchestration.pipeline import Project
 from fgclip.orchestration.process import StageFailed
 from fgclip.orchestration.runs import read_marker, run_dir
-from fgclip.orchestration.tasks.pods import PARENT_RUN_TEMPLATE, control_pod
+from fgclip.orchestration.tasks.common import PARENT_RUN_TEMPLATE
 from fgclip.orchestration.tasks.stages import check_local_nodes, current_workspace
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def _kubernetes(project: Project) -> bool:
 
 
 def _pod(project: Project, task_id: str, arguments: list[str], **kwargs: Any) -> Any:
+    from fgclip.orchestration.tasks.pods import control_pod  # see pods.py: the cluster stack loads here only
+
     return control_pod(project, task_id, arguments, **kwargs)
 
 
@@ -193,7 +195,7 @@ def publish_task(project: Project) -> Any:
         def emit(context: Mapping[str, Any], result: Mapping[str, Any]) -> None:
             context["outlet_events"][asset].extra = dict(result)
 
-        args = ["publish", "--parent-run-id", PARENT_RUN_TEMPLATE]
+        args = ["publish", "--parent-run-id", PARENT_RUN_TEMPLATE]  # the prepare pod's result
         return _pod(project, "publish", args, outlets=[asset], post_execute=emit, doc_md=doc)
 
     @task(task_id="publish", outlets=[asset], doc_md=doc, multiple_outputs=False)
@@ -263,7 +265,7 @@ def decision_task(project: Project, version: Any) -> Any:
     runs, the git state) and the run's DVC state is committed and tagged model/<name>/v<n>."""
     doc = decision_task.__doc__
     if _kubernetes(project):
-        args = ["decision", "--dataset-version", version, "--parent-run-id", PARENT_RUN_TEMPLATE]
+        args = ["decision", "--dataset-version", version, "--parent-run-id", PARENT_RUN_TEMPLATE]  # prepare's
         return _pod(project, "registry_decision", args, doc_md=doc)
 
     @task(task_id="registry_decision", doc_md=doc, multiple_outputs=False)

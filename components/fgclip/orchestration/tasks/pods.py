@@ -2,6 +2,10 @@
 for a fanned-out stage), training as a TrainJob, a control step as a pod. Every pod works in
 the DAG run's workspace on the shared volume (`fgclip -C <run workspace>`), so it reads that
 run's params.yaml: the trigger form's values reach it with no flags.
+
+The task builders import this module only on the kubernetes runtime: it pulls in the cncf
+provider and the Kubernetes clients (about 2 s of the DAG file's parse, which every task
+process of the local runtime pays again).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fgclip.orchestration.pipeline import Project, StageSpec, group_label
 from fgclip.orchestration.tasks.common import (
     GROUP_LABEL_KEY,
     GROUP_POD_LABEL,
+    PARENT_RUN_TEMPLATE,
     RUN_KEY_MACRO,
     pool_kwargs,
     task_defaults,
@@ -27,8 +32,6 @@ from fgclip.orchestration.tasks.common import (
 from fgclip.orchestration.trainjob import TrainJobOperator
 
 CONTROL_MODULE = "fgclip.orchestration.control"
-#: The parent MLflow run of the DAG run, as the prepare step returned it.
-PARENT_RUN_TEMPLATE = "{{ ti.xcom_pull(task_ids='prepare')['parent_run_id'] or '' }}"
 PARENT_RUN_ENV = "FGCLIP_MLFLOW_PARENT_RUN"
 
 

@@ -22,7 +22,6 @@ from fgclip.orchestration.pipeline import Project, StageSpec, group_label
 from fgclip.orchestration.process import StageFailed, run_stage_locally
 from fgclip.orchestration.runs import read_marker, run_dir
 from fgclip.orchestration.tasks.common import GROUP_LABEL_KEY, pool_kwargs, task_defaults
-from fgclip.orchestration.tasks.pods import kubernetes_task
 
 
 def _fail(error: StageFailed) -> BaseException:
@@ -48,6 +47,8 @@ def stage_task(project: Project, stage: StageSpec, shards: Any = None) -> Any:
     if stage.fan_out and shards is None:
         raise ValueError(f"stage {stage.name} is fanned out: pass its shard group")
     if project.settings.runtime == "kubernetes":
+        from fgclip.orchestration.tasks.pods import kubernetes_task  # see pods.py: the cluster stack loads here only
+
         return kubernetes_task(project, stage, shards if stage.fan_out else None)
     return _local_task(project, stage, shards if stage.fan_out else None)
 
