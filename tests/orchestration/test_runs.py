@@ -166,3 +166,15 @@ def test_group_reports_add_up_to_the_stages_report(project: Path) -> None:
     assert merged["items_per_second"] == pytest.approx((32.0 * 2 + 64.0) / 3, abs=0.01)
     with pytest.raises(reports.ReportError, match="wrote no report"):
         reports.merge_stage_report(workspace, stage, [*groups, ["00009"]])
+
+
+def test_a_shard_range_that_leaves_shards_out_is_refused_before_any_work(project: Path) -> None:
+    root = Path(runs.create_run_workspace(project, _settings(project), "dag", "r", {})["run_dir"])
+    workspace = control.run_project(root)
+    source = root / workspace.settings.shard_source
+    source.mkdir(parents=True)
+    for shard in ("00000", "00001", "00002"):
+        (source / f"{shard}.tar").write_bytes(b"")
+    assert control.list_groups(workspace, 0, None) == [["00000", "00001"], ["00002"]]
+    with pytest.raises(control.ControlError, match="leaves out 2 of the 3 shards"):
+        control.list_groups(workspace, 1, 1)

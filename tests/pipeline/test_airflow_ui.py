@@ -3,7 +3,7 @@
 playwright with Debian's chromium (`.ci/install-browser.sh`; no browser download).
 
 - The trigger form opens with its defaults in sections and submits as it opens.
-- Two data builds of different shard ranges run at once, trainings start on their dataset
+- Two data builds of different datasets run at once, trainings start on their dataset
   versions, and a third data build runs beside a training: each run finishes with its own
   outputs in its own workspace, the checkout's params.yaml is untouched, and in every run's
   workspace `dvc status` holds for the stages it ran and `dvc metrics show` counts every
@@ -204,14 +204,14 @@ def test_the_form_submits_and_runs_go_side_by_side(airflow: Airflow, workspace: 
     committed = (workspace / "params.yaml").read_text()
     _trigger_in_the_browser(airflow, DATA)
     [first] = _wait("the run the form triggered", lambda: airflow.runs(DATA), 60)
-    assert first["conf"] in ({}, None) or first["conf"].get("first_shard") == 0
-    second = airflow.trigger(DATA, {"first_shard": 1, "last_shard": 1})
+    assert not first["conf"] or first["conf"].get("demo_seed") == 1234  # the committed defaults
+    second = airflow.trigger(DATA, {"demo_seed": 99})  # another dataset, at the same time
     training = _wait(
         "a training on a published dataset",
         lambda: [run for run in airflow.runs(TRAIN) if run["state"] == "running"],
         RUNS_TIMEOUT_S,
     )[0]
-    third = airflow.trigger(DATA, {"first_shard": 0, "last_shard": 0})
+    third = airflow.trigger(DATA, {"demo_seed": 7, "demo_train_shards": 1})
 
     data_runs = _wait("every data build", lambda: _done(airflow, DATA, 3), RUNS_TIMEOUT_S)
     train_runs = _wait("every training", lambda: _done(airflow, TRAIN, 2), RUNS_TIMEOUT_S)
@@ -229,7 +229,7 @@ def test_the_form_submits_and_runs_go_side_by_side(airflow: Airflow, workspace: 
     # the checkout is untouched; each run has its own outputs, recorded by DVC
     assert (workspace / "params.yaml").read_text() == committed
     env = tool_env()
-    expected_shards = {first["dag_run_id"]: 2, second: 1, third: 1}
+    expected_shards = {first["dag_run_id"]: 2, second: 2, third: 1}
     versions = set()
     for run_id, shards in expected_shards.items():
         prepared = airflow.xcom(DATA, run_id, "prepare")
@@ -242,7 +242,7 @@ def test_the_form_submits_and_runs_go_side_by_side(airflow: Airflow, workspace: 
         metrics = json.loads(_dvc(["metrics", "show", "--json"], run_dir, env))
         assert f'"shards": {shards}' in json.dumps(metrics)
         versions.add(airflow.xcom(DATA, run_id, "publish")["version"])
-    assert len(versions) == 3, "different shard ranges must make different dataset versions"
+    assert len(versions) == 3, "different datasets must make different dataset versions"
     for run in train_runs:
         decision = airflow.xcom(TRAIN, run["dag_run_id"], "registry_decision")
         assert decision["dataset_version"] in versions and decision["tag"].startswith("model/")

@@ -73,6 +73,8 @@ class OrchestrationConfig(Section):
     )
     data_form: tuple[str, ...] = Field(
         (
+            "demo.seed",
+            "demo.train_shards",
             "recaption.backend",
             "recaption.hf.model",
             "recaption.openai.base_url",

@@ -46,6 +46,7 @@ from fgclip.orchestration.runs import (
     home_of,
     read_marker,
     record_state,
+    repository_lock,
     run_key,
     update_marker,
 )
@@ -83,7 +84,8 @@ def prepare(
     except RunError as error:
         raise ControlError(str(error)) from error
     workspace = run_project(made["run_dir"])
-    parent = start_parent_run(workspace, experiment, dag_id, run_id, made)
+    with repository_lock(home):  # one writer creates an embedded (sqlite) MLflow store, not two at once
+        parent = start_parent_run(workspace, experiment, dag_id, run_id, made)
     update_marker(workspace.root, parent_run_id=parent)
     return {**made, "parent_run_id": parent}
 
@@ -131,12 +133,24 @@ def finish_parent_run(project: Project, parent_run_id: str | None, failed: bool)
 
 
 def list_groups(project: Project, first: int | None, last: int | None) -> list[list[str]]:
+    """The fan-out's shard groups over `first`..`last` of the shard source. The stages after
+    the fan-out (QC, training) read every shard of the source, and a run's workspace holds only
+    what the run made: a range that leaves shards out is refused here, before any work, not
+    at QC (a dataset of part of a source is another source: its own folder or dataset)."""
     source = project.settings.shard_source
     folder = source if "://" in source else project.root / source
+    names = list_shard_names(folder)
     try:
-        groups = shard_groups(list_shard_names(folder), project.settings.shard_group_size, first, last)
+        groups = shard_groups(names, project.settings.shard_group_size, first, last)
     except PipelineError as error:
         raise ControlError(f"{folder}: {error}") from error
+    left_out = sorted(set(names) - {shard for group in groups for shard in group})
+    if left_out:
+        raise ControlError(
+            f"the shard range {first}..{last} leaves out {len(left_out)} of the {len(names)} shards of {source} "
+            f"({', '.join(left_out[:5])}{'...' if len(left_out) > 5 else ''}), which QC and training read: "
+            "build every shard of a source (choose the source, not a range, to build a smaller dataset)"
+        )
     log.info("%d shard groups: %s", len(groups), ", ".join(group_label(group) for group in groups))
     return groups
 

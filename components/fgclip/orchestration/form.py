@@ -90,6 +90,7 @@ def _value(params: Params, key: str) -> Any:
 
 #: Form sections by params.yaml section (the first part of the key); others: the section's name.
 SECTIONS = {
+    "demo": "Data source",  # the embedded default's source: which demo world
     "recaption": "Recaption backend",
     "detect": "Detect backend",
     "negatives": "Negatives backend",
