@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,11 +196,17 @@ def training_run_id(folder: Path) -> str | None:
     return json.loads(summary.read_text()).get("mlflow_run_id") or None
 
 
-def _resume_run(run_id: str) -> Any:
+@contextmanager
+def _resume_run(run_id: str) -> Iterator[Any]:
+    """The training run, reopened beside the registration's own (in its own experiment: MLflow
+    reopens a run only from the experiment that holds it)."""
     try:
-        return mlflow.start_run(run_id=run_id, nested=True)
+        mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+        run = mlflow.start_run(run_id=run_id, nested=True)
     except MlflowException as error:
         raise RegisterError(f"cannot reopen the training run {run_id}: {error.message}") from error
+    with run:
+        yield run
 
 
 def model_files(folder: Path, into: Path) -> Path:
@@ -223,7 +231,7 @@ def _log_and_register(folder: Path, projection_dim: int, config: RegisterConfig,
     """Log the folder's Hugging Face model as a pyfunc model in the active run and register
     it; its version."""
     with tempfile.TemporaryDirectory(prefix="fgclip-model-") as staging:
-        return _log_folder(model_files(folder, Path(staging) / "model"), projection_dim, config, name)
+        return _log_folder(model_files(folder, Path(staging) / MODEL_ARTIFACT), projection_dim, config, name)
 
 
 def _log_folder(folder: Path, projection_dim: int, config: RegisterConfig, name: str) -> str:
