@@ -33,7 +33,8 @@ from tests.conftest import REPO_ROOT, dvc_workspace, tool_env
 from tests.pipeline.test_dags_run import _tiny_params
 from tests.support.servers import free_port, program
 
-pytestmark = pytest.mark.slow
+# Airflow's start, three data builds and their trainings on 2 CPU cores: about 20 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 CHROMIUM = Path(os.environ.get("FGCLIP_CHROMIUM", "/usr/bin/chromium"))
 PASSWORD = "fgclip-ui-test"
