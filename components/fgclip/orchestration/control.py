@@ -132,6 +132,26 @@ def finish_parent_run(project: Project, parent_run_id: str | None, failed: bool)
         _client(project).set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
 
 
+def close_dag_run(project: Project, dag_id: str, run_id: str, failed: bool) -> str | None:
+    """End the DAG run's MLflow run as FINISHED or FAILED: the one its run workspace names,
+    else (Airflow does not see the workspace volume on a cluster) the one tagged with it."""
+    folder = Path(project.root) / project.settings.runs_dir / run_key(dag_id, run_id)
+    marker = read_marker(folder) or {}
+    parent = marker.get("parent_run_id")
+    if not project.params.tracking.enabled:
+        return None
+    client = _client(project)
+    if not parent:
+        names = {project.params.tracking.experiment, project.params.train.experiment}
+        experiments = [found.experiment_id for name in sorted(names) if (found := client.get_experiment_by_name(name))]
+        tagged = client.search_runs(
+            experiments, filter_string=f"tags.`{DAG_RUN_TAG}` = '{run_key(dag_id, run_id)}'", max_results=1
+        )
+        parent = str(tagged[0].info.run_id) if tagged else None
+    finish_parent_run(project, parent, failed)
+    return parent
+
+
 def list_groups(project: Project, first: int | None, last: int | None) -> list[list[str]]:
     """The fan-out's shard groups over `first`..`last` of the shard source. The stages after
     the fan-out (QC, training) read every shard of the source, and a run's workspace holds only

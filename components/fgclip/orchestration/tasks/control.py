@@ -28,7 +28,7 @@ from fgclip.orchestration.form import NUM_NODES, form_fields, form_set_flags, ov
 from fgclip.orchestration.gitrepo import RunError
 from fgclip.orchestration.pipeline import Project
 from fgclip.orchestration.process import StageFailed
-from fgclip.orchestration.runs import read_marker, run_dir
+from fgclip.orchestration.runs import read_marker
 from fgclip.orchestration.tasks.common import PARENT_RUN_TEMPLATE
 from fgclip.orchestration.tasks.stages import check_local_nodes, current_workspace
 
@@ -334,14 +334,10 @@ def finish_callbacks(project: Project) -> dict[str, Any]:
     def close(failed: bool) -> Any:
         def callback(context: Mapping[str, Any]) -> None:
             dag_run = context["dag_run"]
-            folder = run_dir(project.root, project.settings, dag_run.dag_id, dag_run.run_id)
-            marker = read_marker(folder) or {}
             try:
-                control.finish_parent_run(
-                    control.run_project(folder) if marker else project, marker.get("parent_run_id"), failed
-                )
-            except Exception:  # a callback's error must not hide the run's outcome; it is logged
-                log.exception("could not close the MLflow run of %s", dag_run.run_id)
+                control.close_dag_run(project, dag_run.dag_id, dag_run.run_id, failed)
+            except Exception:  # the run's outcome stands either way; a tracking outage is logged
+                log.exception("could not close the MLflow run of %s %s", dag_run.dag_id, dag_run.run_id)
 
         return callback
 
