@@ -42,7 +42,7 @@ test-fast: env
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # What CI checks before the tests (CONTRIBUTING.md): lint, format, types, layer contracts.
-LINT_PATHS := components tests benchmarks dags
+LINT_PATHS := components tests benchmarks dags airflow_settings
 lint: env
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
@@ -68,6 +68,8 @@ airflow: export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
 airflow: export AIRFLOW__CORE__LOAD_EXAMPLES := False
 airflow: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
 airflow: export AIRFLOW__CORE__PARALLELISM := 4
+# airflow_local_settings: the task processes start with the DAG builders, the components and MLflow loaded
+airflow: export PYTHONPATH := $(abspath airflow_settings)$(if $(PYTHONPATH),:$(PYTHONPATH))
 airflow: export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
 airflow: export AIRFLOW__API__BASE_URL := http://localhost:$(AIRFLOW_PORT)
 airflow: export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://localhost:$(AIRFLOW_PORT)/execution/

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from airflow.sdk import dag
 
+from fgclip.cli import main as fgclip_main
 from fgclip.orchestration.pipeline import load_project, project_root
 from fgclip.orchestration.tasks import graph
 from fgclip.orchestration.tasks.common import dag_macros
@@ -45,7 +46,7 @@ PROJECT = load_project(project_root(Path(__file__).resolve().parent), committed=
     **finish_callbacks(PROJECT),
 )
 def fgclip_data_build() -> None:
-    graph.data_build(PROJECT)
+    graph.data_build(PROJECT, fgclip_main)  # shard groups run in their task's own process
 
 
 fgclip_data_build()

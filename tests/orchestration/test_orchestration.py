@@ -3,6 +3,7 @@ runner, a run's params from the trigger form, form fields and dataset version id
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -266,3 +267,29 @@ def test_a_dataset_version_names_the_data_not_the_order() -> None:
     assert version_id(outs) == version_id(dict(reversed(list(outs.items()))))
     assert version_id(outs) != version_id({**outs, "data/b": "3" * 32 + ".dir"})
     assert version_id(outs).startswith("ds-")
+
+
+def test_a_command_runs_in_this_process_in_its_folder_with_its_environment(tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def main(argv: list[str]) -> int:
+        seen.update(argv=argv, cwd=os.getcwd(), env=os.environ.get("FGCLIP_PROBE"))
+        return 0 if argv[0] == "ok" else 2
+
+    before = (os.getcwd(), dict(os.environ))
+    result = process.run_in_process(
+        main, ["fgclip", "ok", "--x"], cwd=tmp_path, env={**os.environ, "FGCLIP_PROBE": "1"}
+    )
+    assert seen == {"argv": ["ok", "--x"], "cwd": str(tmp_path), "env": "1"}
+    assert result.returncode == 0 and (os.getcwd(), dict(os.environ)) == before
+    with pytest.raises(process.StageFailed, match="exited with code 2") as failed:
+        process.run_in_process(main, ["fgclip", "bad"], cwd=tmp_path, env=dict(os.environ))
+    assert failed.value.retryable is False and (os.getcwd(), dict(os.environ)) == before
+
+
+def test_the_preloaded_modules_exist() -> None:
+    from fgclip.orchestration import preload
+
+    assert preload.preload(("fgclip.orchestration.tasks.graph",)) >= 0.0
+    for name in preload.PRELOAD:
+        assert importlib.util.find_spec(name) is not None, name

@@ -128,6 +128,8 @@ def airflow(workspace: Path, tmp_path_factory) -> Iterator[Airflow]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "FGCLIP_WORKSPACE": str(workspace),
     }
+    # as `make airflow` does: the task processes start with the modules they need (preload.py)
+    env["PYTHONPATH"] = f"{REPO_ROOT / 'airflow_settings'}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env.pop("FGCLIP_RUNTIME", None)
     for command in (
         [program("airflow"), "db", "migrate"],

@@ -33,6 +33,11 @@ class OrchestrationConfig(Section):
         "data/demo/train/images", description="folder whose NNNNN.tar shards the fan-out splits into groups"
     )
     shard_group_size: int = Field(2, ge=1, description="shards per mapped task")
+    fan_out_in_process: bool = Field(
+        True,
+        description="local runtime: a shard group's command runs in its task's own process (forked with the "
+        "modules loaded: see fgclip.orchestration.preload) instead of a new interpreter",
+    )
     dvc_remote: str = Field("storage", description="DVC remote the publish task pushes to")
     dvc_remote_url: str | None = Field(
         ".cache/dvc-remote",

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,15 +190,64 @@ def run_command(
     return CommandResult(list(argv), returncode, seconds)
 
 
+#: `main(argv) -> exit code` of the `fgclip` command: the DAG files hand it in (the
+#: orchestration layer sits below the CLI and cannot import it).
+CommandMain = Callable[[list[str]], int]
+
+
+def run_in_process(
+    main: CommandMain,
+    argv: Sequence[str],
+    *,
+    cwd: str | Path,
+    env: Mapping[str, str],
+    logger: logging.Logger | None = None,
+) -> CommandResult:
+    """Run an `fgclip` command in this process (a task's own, forked with the modules loaded
+    already: no interpreter start, no imports), in `cwd` with `env`, both restored after."""
+    logger = logger or log
+    shown = " ".join(argv)
+    logger.info("running in %s (in this process): %s", cwd, shown)
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    started = time.monotonic()
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        try:
+            returncode = int(main(list(argv[1:])) or 0)
+        except SystemExit as stop:  # argparse: a bad command line
+            returncode = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    seconds = time.monotonic() - started
+    if returncode != 0:
+        raise StageFailed(
+            f"{shown} exited with code {returncode} after {seconds:.1f} s"
+            + (" (a user error or a failed gate: not retried)" if returncode in NOT_RETRYABLE else "")
+            + "; its output is in the lines above",
+            returncode,
+            retryable=returncode not in NOT_RETRYABLE,
+        )
+    logger.info("finished in %.1f s: %s", seconds, shown)
+    return CommandResult(list(argv), returncode, seconds)
+
+
 def run_stage_locally(
-    project: Project, stage: StageSpec, shards: Sequence[str] | None = None, parent_run_id: str | None = None
+    project: Project,
+    stage: StageSpec,
+    shards: Sequence[str] | None = None,
+    parent_run_id: str | None = None,
+    main: CommandMain | None = None,
 ) -> dict[str, Any]:
-    """Run one stage (or one shard group of a fanned-out stage) in the (run) workspace."""
+    """Run one stage (or one shard group of a fanned-out stage) in the (run) workspace: as a
+    subprocess, or with `main` in this process."""
     argv = stage.command(list(shards) if shards else None)
-    result = run_command(
-        argv,
-        cwd=project.root,
-        env=project_env(project, parent_run_id),
-        kill_grace_s=project.settings.kill_grace_s,
-    )
+    env = project_env(project, parent_run_id)
+    if main is not None:
+        result = run_in_process(main, argv, cwd=project.root, env=env)
+    else:
+        result = run_command(argv, cwd=project.root, env=env, kill_grace_s=project.settings.kill_grace_s)
     return {"stage": stage.name, **({"shards": list(shards)} if shards else {}), **result.as_dict(), "cmd": argv}

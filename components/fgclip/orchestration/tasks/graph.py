@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import task_group
 
 from fgclip.orchestration.pipeline import Project, StageSpec
+from fgclip.orchestration.process import CommandMain
 from fgclip.orchestration.tasks.control import (
     approval_tasks,
     checkout_task,
@@ -28,12 +29,20 @@ from fgclip.orchestration.tasks.stages import stage_task
 SHARD_GROUP = "shard_group"
 
 
-def _wire(project: Project, stages: list[StageSpec], made: dict[str, Any], start: Any, *, group: bool) -> None:
+def _wire(
+    project: Project,
+    stages: list[StageSpec],
+    made: dict[str, Any],
+    start: Any,
+    *,
+    group: bool,
+    main: CommandMain | None = None,
+) -> None:
     """Make each stage's task (in run order) after the tasks of the stages it reads from;
     a stage that reads from none of `stages` (nor from what `made` has) comes after `start`."""
     upstream = project.pipeline.upstream
     for stage in stages:
-        task_obj = stage_task(project, stage, start if group else None)
+        task_obj = stage_task(project, stage, start if group else None, main)
         before = [made[name] for name in sorted(upstream[stage.name]) if name in made]
         if before:
             for parent in before:
@@ -43,7 +52,8 @@ def _wire(project: Project, stages: list[StageSpec], made: dict[str, Any], start
         made[stage.name] = task_obj
 
 
-def data_build(project: Project) -> None:
+def data_build(project: Project, main: CommandMain | None = None) -> None:
+    """`main`: the `fgclip` command's entry point, for shard groups run in their task's process."""
     prepare = prepare_task(project, project.settings.data_form, experiment=project.params.tracking.experiment)
     stages = project.data_stages()
     fanned = [stage for stage in stages if stage.fan_out]
@@ -61,7 +71,7 @@ def data_build(project: Project) -> None:
 
         @task_group(group_id=SHARD_GROUP, tooltip="one shard group through every fanned-out stage")
         def shard_group(shards: Any) -> None:
-            _wire(project, fanned, {}, shards, group=True)
+            _wire(project, fanned, {}, shards, group=True, main=main)
 
         mapped = shard_group.expand(shards=groups)
         merged = merge_reports_task(project, groups)

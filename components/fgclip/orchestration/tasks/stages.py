@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from fgclip.orchestration.control import run_project
 from fgclip.orchestration.form import NUM_NODES
 from fgclip.orchestration.pipeline import Project, StageSpec, group_label
-from fgclip.orchestration.process import StageFailed, run_stage_locally
+from fgclip.orchestration.process import CommandMain, StageFailed, run_stage_locally
 from fgclip.orchestration.runs import read_marker, run_dir
 from fgclip.orchestration.tasks.common import GROUP_LABEL_KEY, pool_kwargs, task_defaults
 
@@ -41,19 +41,22 @@ def parent_run_of(workspace: Project) -> str | None:
     return (read_marker(workspace.root) or {}).get("parent_run_id")
 
 
-def stage_task(project: Project, stage: StageSpec, shards: Any = None) -> Any:
+def stage_task(project: Project, stage: StageSpec, shards: Any = None, main: CommandMain | None = None) -> Any:
     """The Airflow task of one dvc.yaml stage on the configured runtime; a fanned-out stage
-    takes `shards` (inside the mapped shard-group task group: its group)."""
+    takes `shards` (inside the mapped shard-group task group: its group). `main`: the `fgclip`
+    command's entry point, to run a shard group in its task's own process (local runtime,
+    orchestration.fan_out_in_process)."""
     if stage.fan_out and shards is None:
         raise ValueError(f"stage {stage.name} is fanned out: pass its shard group")
     if project.settings.runtime == "kubernetes":
         from fgclip.orchestration.tasks.pods import kubernetes_task  # see pods.py: the cluster stack loads here only
 
         return kubernetes_task(project, stage, shards if stage.fan_out else None)
-    return _local_task(project, stage, shards if stage.fan_out else None)
+    in_process = main if stage.fan_out and project.settings.fan_out_in_process else None
+    return _local_task(project, stage, shards if stage.fan_out else None, in_process)
 
 
-def _local_task(project: Project, stage: StageSpec, shards: Any) -> Any:
+def _local_task(project: Project, stage: StageSpec, shards: Any, main: CommandMain | None) -> Any:
     doc = f"`{stage.cmd}`" + (" `--shards ...`: one task per shard group" if stage.fan_out else "")
 
     @task(
@@ -74,6 +77,7 @@ def _local_task(project: Project, stage: StageSpec, shards: Any) -> Any:
                 workspace.pipeline.stage(stage.name),
                 list(shards) if shards else None,
                 parent_run_of(workspace),
+                main,
             )
         except StageFailed as error:
             raise _fail(error) from error
