@@ -7,15 +7,20 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 # DeepSpeed compiles its CPU ops once; keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
+CLIP_BENCHMARK_VERSION := 1.6.2
 
 .PHONY: demo test test-fast lint fmt env clean-demo airflow
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -r requirements.lock
+	# LAION's CLIP_benchmark, for CLIP's ImageNet class names and prompt templates: with its
+	# dependencies pip would replace the pinned torch (torchvision 0.29.1 needs torch 2.14.1),
+	# so it comes without them; the suite reads its data files only (docs/benchmarks.md).
+	$(BIN)/pip install --quiet --no-deps clip-benchmark==$(CLIP_BENCHMARK_VERSION)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

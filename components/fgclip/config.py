@@ -19,6 +19,7 @@ from fgclip.data.negatives.config import NegativesConfig
 from fgclip.data.qc.config import QCConfig
 from fgclip.data.recaption.config import RecaptionConfig
 from fgclip.demo.config import DemoWorldConfig
+from fgclip.eval.benchmarks.config import BenchmarkSuiteConfig
 from fgclip.eval.config import EvalConfig
 from fgclip.model.config import ModelConfig
 from fgclip.orchestration.config import KubernetesConfig, OrchestrationConfig
@@ -38,6 +39,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     registry: RegisterConfig = RegisterConfig()
     eval: EvalConfig = EvalConfig()
+    benchmarks: BenchmarkSuiteConfig = BenchmarkSuiteConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 

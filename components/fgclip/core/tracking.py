@@ -148,9 +148,17 @@ def tracking_uri(config: TrackingConfig) -> str:
 
 @contextmanager
 def tracked_run(
-    config: TrackingConfig, run_name: str, *, experiment: str | None = None, tags: Mapping[str, str] | None = None
+    config: TrackingConfig,
+    run_name: str,
+    *,
+    experiment: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """An MLflow run around a component; yields a no-op tracker when tracking is off."""
+    """An MLflow run around a component; yields a no-op tracker when tracking is off.
+
+    ``run_id``: log into that existing run (e.g. the training run of the model being
+    evaluated) instead of starting a new one."""
     if not config.enabled:
         yield Tracker(None)
         return
@@ -163,12 +171,13 @@ def tracked_run(
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         mlflow.set_tracking_uri(uri)
-        if parent:  # nested under the DAG run's run, in its experiment (the UI nests within one)
+        # an existing run (`run_id`) keeps its experiment and its parent
+        if run_id is None and parent:  # nested under the DAG run's run, in its experiment (the UI nests within one)
             mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).get_run(parent).info.experiment_id)
             tags = {**(tags or {}), PARENT_RUN_TAG: parent}
-        else:
+        elif run_id is None:
             mlflow.set_experiment(experiment or config.experiment)
-        with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {})):
             tracker = Tracker(mlflow)
             log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, uri)
             yield tracker

@@ -1,8 +1,11 @@
-"""`fgclip eval`: score an FG-CLIP checkpoint on the held-out demo world (and FG-OVD when given).
+"""`fgclip eval`: score an FG-CLIP checkpoint on the held-out demo world (and FG-OVD when given),
+or on the paper's benchmark suite (``--suite paper``, see ``fgclip.eval.suite.command``).
 
     fgclip eval --model models/stage2/final --images data/demo/heldout/images \\
         --truth data/demo/heldout/truth --out reports/eval/stage2 \\
         [--fgovd-dir DIR --coco-images DIR]
+    fgclip eval --suite paper --model models/stage2/final --data-root data/benchmarks \\
+        --out reports/benchmarks/stage2
 
 Writes ``OUT/metrics.json``, ``OUT/counts.json`` and ``OUT/metrics.png`` (see
 ``fgclip.eval.report``), and logs params, metrics, artifacts and the input data digests
@@ -21,6 +24,7 @@ from fgclip.errors import ComponentError
 from fgclip.eval.embedding import Embedder
 from fgclip.eval.evaluate import EvalError, evaluate
 from fgclip.eval.report import write_outputs
+from fgclip.eval.suite.command import add_suite_arguments, suite_command
 from fgclip.model.embedder import FGCLIPEmbedder, ModelFolderError
 
 if TYPE_CHECKING:
@@ -51,14 +55,27 @@ def log_run(tracker: Tracker, args: argparse.Namespace, params: Params, embedder
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="FG-CLIP checkpoint folder (model, tokenizer, image processor)")
-    parser.add_argument("--images", required=True, help="held-out image shards (NNNNN.tar)")
-    parser.add_argument("--truth", required=True, help="held-out truth sidecars (NNNNN.jsonl): the labelled test set")
+    parser.add_argument("--images", default=None, help="held-out image shards (NNNNN.tar); required without --suite")
+    parser.add_argument(
+        "--truth",
+        default=None,
+        help="held-out truth sidecars (NNNNN.jsonl): the labelled test set; required without --suite",
+    )
     parser.add_argument("--out", required=True, help="report folder: metrics.json, counts.json, metrics.png")
     parser.add_argument("--fgovd-dir", default=None, help="FG-OVD benchmark folder (*_llava.jsonl)")
     parser.add_argument("--coco-images", default=None, help="COCO val2017 images for FG-OVD (resolved by file name)")
+    add_suite_arguments(parser)
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
+    if args.suite:
+        if args.images or args.truth or args.fgovd_dir:
+            raise ComponentError(
+                "--suite reads its benchmarks from --data-root; drop --images, --truth and --fgovd-dir"
+            )
+        return suite_command(args, params)
+    if not args.images or not args.truth:
+        raise ComponentError("the demo evaluation needs --images and --truth (or run a benchmark suite with --suite)")
     if args.coco_images and not args.fgovd_dir:
         raise ComponentError("--coco-images needs --fgovd-dir")
     try:

@@ -1,9 +1,13 @@
 """eval-table: print the metrics of several `fgclip eval` reports side by side.
 
     fgclip eval-table --reports reports/eval/stage1 reports/eval/stage2
+    fgclip eval-table --paper --reports reports/benchmarks/stage1 reports/benchmarks/stage2 \\
+        [--plot table.png]
 
 One row per metric, one column per report (named after its folder), and with two or
-more reports a last column with the change from the first to the last.
+more reports a last column with the change from the first to the last. ``--paper``: the
+paper's table of `fgclip eval --suite paper` reports instead, one row per model, with
+the published numbers as reference rows (markdown; ``--plot`` also draws it).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from fgclip.core.storage import local_path
 from fgclip.errors import ComponentError
 from fgclip.eval.metrics import metric_order
 from fgclip.eval.report import METRICS_FILE
+from fgclip.eval.suite.results import format_table as format_paper_table
+from fgclip.eval.suite.results import plot_table
 
 if TYPE_CHECKING:
     from fgclip.config import Params
@@ -66,6 +72,9 @@ def format_table(reports: Mapping[str, Mapping[str, float]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports", nargs="+", required=True, help="report folders written by `fgclip eval --out`")
+    parser.add_argument("--paper", action="store_true", help="the paper's table of `--suite paper` reports (markdown)")
+    parser.add_argument("--no-published", action="store_true", help="--paper: leave out the published reference rows")
+    parser.add_argument("--plot", default=None, help="--paper: also draw the table as a bar chart (PNG)")
 
 
 def command(args: argparse.Namespace, params: Params) -> int:
@@ -73,5 +82,13 @@ def command(args: argparse.Namespace, params: Params) -> int:
         values = [read_report(folder) for folder in args.reports]
     except (FileNotFoundError, ValueError) as error:
         raise ComponentError(str(error)) from error
-    print(format_table(dict(zip(column_names(args.reports), values))))
+    reports = dict(zip(column_names(args.reports), values))
+    if not args.paper:
+        if args.plot or args.no_published:
+            raise ComponentError("--plot and --no-published go with --paper")
+        print(format_table(reports))
+        return 0
+    print(format_paper_table(reports, published=not args.no_published))
+    if args.plot:
+        plot_table(reports, args.plot, params.benchmarks.plot_dpi, published=not args.no_published)
     return 0

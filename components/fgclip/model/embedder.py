@@ -69,28 +69,62 @@ class FGCLIPEmbedder:
             "projection_dim": self.model.config.projection_dim,
         }
 
+    def input_size(self) -> int:
+        """Pixels per side the vision tower runs at (the model config's, never the processor's)."""
+        return int(self.image_size)
+
+    def text_capacity(self, long: bool) -> int:
+        """Tokens the long or short text path takes (248 / 77 for FG-CLIP)."""
+        return int(self.long_length if long else self.short_length)
+
+    def token_counts(self, texts: Sequence[str], long: bool) -> list[int]:
+        """Untruncated token counts (special tokens included): which texts the path truncates."""
+        ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
+
     def _pixels(self, images: Sequence[Image.Image], whole: bool) -> Any:
         """whole=True: each image resized whole to the model's square input (what regions
         need: normalised boxes stay valid and nothing is cut off; FG-CLIP's own FG-OVD
         protocol). Resized here, not by the processor, so the PIL and torchvision
         processor backends agree. whole=False: the processor's own resize and centre
-        crop (what training and CLIP's zero-shot and retrieval protocols use)."""
+        crop (what training and CLIP's zero-shot and retrieval protocols use), at the
+        model's input size whatever size the saved processor names, so a processor saved
+        at another resolution cannot silently change the protocol. Pixels are normalised
+        here, once: callers pass decoded images, never preprocessed arrays."""
+        not_images = [type(image).__name__ for image in images if not isinstance(image, Image.Image)]
+        if not_images:
+            raise TypeError(f"pass decoded PIL images (the embedder normalises them once), not {not_images[0]}")
         pictures = [image.convert("RGB") for image in images]
+        side = self.image_size
         if not whole:
-            return self.processor(images=pictures, return_tensors="pt")["pixel_values"]
+            return self.processor(
+                images=pictures,
+                size={"shortest_edge": side},
+                crop_size={"height": side, "width": side},
+                return_tensors="pt",
+            )["pixel_values"]
         resample = Image.Resampling(int(getattr(self.processor, "resample", Image.Resampling.BICUBIC)))
-        resized = [picture.resize((self.image_size, self.image_size), resample) for picture in pictures]
+        resized = [picture.resize((side, side), resample) for picture in pictures]
         return self.processor(images=resized, do_resize=False, do_center_crop=False, return_tensors="pt")[
             "pixel_values"
         ]
 
     def encode_images(
-        self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray], with_global: bool = True
+        self,
+        images: Sequence[Image.Image],
+        boxes: Sequence[np.ndarray],
+        with_global: bool = True,
+        view: str | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """view: the global view for this call ('whole' or 'processor'); None: the one set at
+        construction. Regions always come from the whole image."""
+        view = self.global_view if view is None else view
+        if view not in ("whole", "processor"):
+            raise ValueError(f"unknown image view {view!r}: 'whole' or 'processor'")
         counts = [len(b) for b in boxes]
         with torch.no_grad():
             global_features = dense = None
-            if with_global and self.global_view == "whole":  # one pass serves both
+            if with_global and view == "whole":  # one pass serves both
                 whole = self._pixels(images, whole=True).to(self.device, dtype=self.model.dtype)
                 global_features, dense = self.model.get_image_and_dense_features(whole, with_dense=sum(counts) > 0)
             elif sum(counts):

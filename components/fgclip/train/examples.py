@@ -188,7 +188,8 @@ class ExampleBuilder:
         long_caption = str(caption.get("long_caption") or "").strip()
         if not long_caption:
             raise SkipSample("empty_caption", "the long caption is empty")
-        if settings.stage == 2 and records.get("regions") is None:
+        regions = records.get("regions")
+        if settings.stage == 2 and regions is None:
             raise SkipSample("missing_regions", "no regions record for this sample")
         alt_text = (sample.get("txt") or b"").decode("utf-8", errors="replace").strip()
         if not alt_text:
@@ -204,8 +205,8 @@ class ExampleBuilder:
 
         short_texts = [settings.short_prefix + alt_text]
         example = Example(key=key, pixels=self.transform(image), short_ids=[], long_ids=[])
-        if settings.stage == 2:
-            region_texts, layout = self._add_regions(example, records["regions"], records.get("negatives"), image.size)
+        if settings.stage == 2 and regions is not None:
+            region_texts, layout = self._add_regions(example, regions, records.get("negatives"), image.size)
             short_texts += region_texts
         ids = self.tokenizer.encode(short_texts, settings.short_text_length)
         example.short_ids = ids[0]

@@ -84,9 +84,9 @@ class ImageTransform:
             image = image.resize((width, height), resample=self.resample)
         left, top, crop_w, crop_h = self.crop_box(width, height)
         image = image.crop((left, top, left + crop_w, top + crop_h))
-        array = np.asarray(image, dtype=np.float32) * self.rescale_factor
-        array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        scaled = np.asarray(image, dtype=np.float32) * np.float32(self.rescale_factor)
+        normalised = (scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
     def map_box(self, box: Sequence[float], width: int, height: int) -> tuple[tuple[float, float, float, float], float]:
         """A normalised x1, y1, x2, y2 box of the original image in the output image.

@@ -84,8 +84,14 @@ def train_bpe(
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     raw_merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    merges = [tuple(item.split(" ")) if isinstance(item, str) else tuple(item) for item in raw_merges]
+    merges = [_merge_pair(item) for item in raw_merges]
     return clip_vocab(merges), merges
+
+
+def _merge_pair(item: str | list[str]) -> tuple[str, str]:
+    """tokenizers writes a merge as "a b" (older releases) or ["a", "b"] (newer ones)."""
+    left, right = item.split(" ") if isinstance(item, str) else item
+    return left, right
 
 
 def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
@@ -117,7 +123,8 @@ def build_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], m
 
     return CLIPTokenizer(
         vocab=vocab,
-        merges=[tuple(pair) for pair in merges],
+        # transformers annotates merges as list[str], but the BPE model beneath takes pairs.
+        merges=list(merges),  # type: ignore[arg-type]
         unk_token=END_TOKEN,
         bos_token=START_TOKEN,
         eos_token=END_TOKEN,
