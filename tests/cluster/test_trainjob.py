@@ -250,6 +250,17 @@ def test_operator_creates_and_waits_until_complete(capsys):
     assert "fgclip-s1-node-0-0: step 10/10" in task_log
 
 
+def test_a_retry_resumes_from_the_last_checkpoint_and_the_first_try_does_not():
+    complete = [{"conditions": [condition("Complete", "JobsCompleted", "all nodes finished")]}]
+    for try_number, resumes in ((1, False), (2, True), (3, True)):
+        api = FakeTrainer(complete)
+        operator(api, timeout_s=5).execute(context={"ti": SimpleNamespace(try_number=try_number)})
+        (created,) = api.created
+        args = created["spec"]["trainer"]["args"]
+        assert args.count("--resume") == int(resumes), (try_number, args)
+        assert args[args.index("train") :][:3] == ["train", "--stage", "1"]  # the command itself unchanged
+
+
 def test_operator_raises_with_the_failure_message():
     api = FakeTrainer([{"conditions": [condition("Failed", "JobsFailed", "node-0 exited with code 1: NCCL timeout")]}])
     with pytest.raises(AirflowException, match="JobsFailed: node-0 exited with code 1: NCCL timeout") as error:

@@ -293,3 +293,27 @@ def test_the_preloaded_modules_exist() -> None:
     assert preload.preload(("fgclip.orchestration.tasks.graph",)) >= 0.0
     for name in preload.PRELOAD:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_a_retried_training_resumes_and_other_stages_run_as_dvc_yaml_says(tmp_path: Path) -> None:
+    """A retry of a training task continues from the checkpoints its failed try left: without
+    `--resume` the trainer refuses a folder that holds checkpoints, and the retry fails at once."""
+    from fgclip.orchestration.pipeline import load_project
+    from tests.conftest import REPO_ROOT
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO_ROOT / name).read_text())
+    project = load_project(tmp_path)
+    seen: list[list[str]] = []
+
+    def main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 0
+
+    train, qc = project.pipeline.stage("train_stage1"), project.pipeline.stage("qc")
+    for stage, retry in ((train, False), (train, True), (qc, True)):
+        result = process.run_stage_locally(project, stage, main=main, retry=retry)
+        assert result["cmd"][1:] == seen[-1]
+    assert seen[0] == train.argv[1:] and "--resume" not in seen[0]
+    assert seen[1] == [*train.argv[1:], "--resume"]
+    assert seen[2] == qc.argv[1:]

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Lines of a failed command's output repeated in the error (the full output is in the log).
 FAILURE_TAIL_LINES = 40
+#: The training component and its flag to continue from the latest checkpoint.
+TRAIN_COMPONENT, RESUME_FLAG = "train", "--resume"
 
 
 class StageFailed(RuntimeError):
@@ -241,10 +243,15 @@ def run_stage_locally(
     shards: Sequence[str] | None = None,
     parent_run_id: str | None = None,
     main: CommandMain | None = None,
+    retry: bool = False,
 ) -> dict[str, Any]:
     """Run one stage (or one shard group of a fanned-out stage) in the (run) workspace: as a
-    subprocess, or with `main` in this process."""
+    subprocess, or with `main` in this process. `retry`: an Airflow retry, where a training
+    continues from the last checkpoint its failed try left (`--resume`; without it the
+    trainer refuses a folder that holds checkpoints)."""
     argv = stage.command(list(shards) if shards else None)
+    if retry and stage.component == TRAIN_COMPONENT and RESUME_FLAG not in argv:
+        argv.append(RESUME_FLAG)
     env = project_env(project, parent_run_id)
     if main is not None:
         result = run_in_process(main, argv, cwd=project.root, env=env)

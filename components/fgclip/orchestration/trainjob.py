@@ -50,6 +50,8 @@ TRAINER_NODE = "node"
 # JobSet (which the TrainJob becomes) labels every pod with its name == the TrainJob's.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 _TRAINER_DEFAULTS = TrainerSettings()
+#: `fgclip train`'s flag to continue from the latest checkpoint (none yet: from step 0).
+RESUME_FLAG = "--resume"
 
 
 def training_component(argv: Sequence[str]) -> str:
@@ -291,8 +293,19 @@ class TrainJobOperator(BaseOperator):
         spec = {**self.manifest["spec"], "trainer": {**self.manifest["spec"]["trainer"], "numNodes": nodes}}
         self.manifest = {**self.manifest, "spec": spec}
 
+    def _resume_on_retry(self, context: Any) -> None:
+        """A retry's TrainJob (a new one: the name holds the try number) continues from the last
+        checkpoint the failed try left in the workspace; the first try starts as dvc.yaml says."""
+        ti = context.get("ti") if isinstance(context, Mapping) else None
+        args = self.manifest["spec"]["trainer"]["args"]
+        if ti is None or int(ti.try_number) <= 1 or RESUME_FLAG in args:
+            return
+        trainer = {**self.manifest["spec"]["trainer"], "args": [*args, RESUME_FLAG]}
+        self.manifest = {**self.manifest, "spec": {**self.manifest["spec"], "trainer": trainer}}
+
     def execute(self, context: Any) -> str:
         self._apply_num_nodes()
+        self._resume_on_retry(context)
         name, namespace = self.job_name, self.job_namespace
         try:
             check_trainjob_name(name)

@@ -68,8 +68,9 @@ def _local_task(project: Project, stage: StageSpec, shards: Any, main: CommandMa
         **pool_kwargs(project, stage),
     )
     def run(shards: Sequence[str] | None = None) -> dict[str, Any]:
+        context = get_current_context()
         if shards:
-            get_current_context()[GROUP_LABEL_KEY] = group_label(shards)  # type: ignore[literal-required]
+            context[GROUP_LABEL_KEY] = group_label(shards)  # type: ignore[literal-required]
         workspace = current_workspace(project)  # the stage as the run's dvc.yaml has it
         try:
             return run_stage_locally(
@@ -78,6 +79,7 @@ def _local_task(project: Project, stage: StageSpec, shards: Any, main: CommandMa
                 list(shards) if shards else None,
                 parent_run_of(workspace),
                 main,
+                retry=int(context["ti"].try_number) > 1,
             )
         except StageFailed as error:
             raise _fail(error) from error
