@@ -1,5 +1,7 @@
 # Two entry points: `make demo` (whole pipeline on the embedded demo world) and `make test`.
-# Both create the virtual environment from the pinned lock file on first use.
+# Both create the virtual environment on first use, from pinned lock files: `make demo`
+# from requirements-demo.lock (what the demo needs, wheels only), `make test` from
+# requirements.lock (everything: orchestration, model backends, test and lint tools).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -9,22 +11,39 @@ export PATH := $(BIN):$(PATH)
 export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 CLIP_BENCHMARK_VERSION := 1.6.2
 
-.PHONY: demo test test-fast lint fmt env clean-demo airflow
+.PHONY: demo test test-fast lint fmt env env-demo clean-demo airflow
+
+# The lock files are complete (pip freeze), so pip installs them as listed (--no-deps: no
+# resolver pass). --no-compile leaves byte-compiling to the first import of each module:
+# compiling all of site-packages up front takes longer than the rest of the install,
+# and most of it is never imported.
+PIP_INSTALL := $(BIN)/pip install --quiet --no-deps --no-compile
 
 env: $(VENV)/.installed
+env-demo: $(VENV)/.demo-installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(PIP_INSTALL) -r requirements.lock
 	# LAION's CLIP_benchmark, for CLIP's ImageNet class names and prompt templates: with its
 	# dependencies pip would replace the pinned torch (torchvision 0.29.1 needs torch 2.14.1),
 	# so it comes without them; the suite reads its data files only (docs/benchmarks.md).
 	$(BIN)/pip install --quiet --no-deps clip-benchmark==$(CLIP_BENCHMARK_VERSION)
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(PIP_INSTALL) -e .
+	# pip check, less the dependencies of CLIP_benchmark left out on purpose (above)
+	$(BIN)/pip check | grep -v '^clip-benchmark ' | (! grep .)
+	touch $@ $(VENV)/.demo-installed
+
+$(VENV)/.demo-installed: requirements-demo.lock pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(PIP_INSTALL) -r requirements-demo.lock
+	$(PIP_INSTALL) -e .
+	$(BIN)/pip check
 	touch $@
 
-demo: env
+demo: env-demo
 	@start=$$(date +%s); \
 	dvc repro && \
 	echo && echo "== pipeline finished in $$(( $$(date +%s) - start )) s ==" && \

@@ -75,6 +75,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP threads (torch's CPU ops) sleep instead of spinning. Spinning threads
+    # burn the cores that DataLoader workers and other processes need: on 2 shared cores a
+    # demo training step took 5x the CPU time. Read once, when torch loads: components
+    # import torch only after this line.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     if args.chdir:

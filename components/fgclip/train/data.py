@@ -15,8 +15,10 @@ of (seed, epoch, rank, worker). Every random choice about a sample (which boxes,
 long expression) is seeded by (seed, epoch, sample key), never by a stream position, so a
 resumed run that skips the consumed items sees exactly the batches the first run would.
 
-Batches are dicts of tensors (see `fgclip.train.examples.collate`); texts are padded to
+Batches are dicts of tensors (see `fgclip.train.collate.collate`); texts are padded to
 the longest sequence in the batch, which is exact for EOS-pooled causal text encoders.
+Images travel as uint8 with the batch's `pixel_normalisation`, which the step applies on
+its device (`fgclip.train.step.model_pixels`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from fgclip.core.shards import IMAGE_EXTS, list_shards
 from fgclip.core.storage import local_path
+from fgclip.train.collate import collate
 from fgclip.train.examples import (
     AnnotationDirs,
     Example,
@@ -43,7 +46,6 @@ from fgclip.train.examples import (
     SkipSample,
     StreamSettings,
     TextTokenizer,
-    collate,
     derive_seed,
     shard_of,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "make_loader",
     "plan_epoch",
     "real_batches",
+    "sample_tools",
 ]
 
 
@@ -147,7 +150,12 @@ class Batcher:
                 settings.max_boxes,
                 settings.max_negatives,
             )
-            batch.update(worker=self.worker, position=self.cursor.position, skipped=self.skips.take())
+            batch.update(
+                worker=self.worker,
+                position=self.cursor.position,
+                skipped=self.skips.take(),
+                pixel_normalisation=self.builder.transform.normalisation,
+            )
             self.pending = []
             yield batch
 
@@ -240,12 +248,31 @@ class DataPosition:
         )
 
 
+def sample_tools(model_dir: str) -> tuple[ImageTransform, TextTokenizer]:
+    """The model's image transform and its tokenizer, loaded.
+
+    Loaded in the process that makes the loader, before its workers fork, so each
+    epoch's workers inherit them instead of loading the tokenizer again (about a second
+    of CPU per worker and epoch on the demo). Where workers are spawned, each loads its own.
+    """
+    tokenizer = TextTokenizer(model_dir)
+    tokenizer.pad_token_id  # noqa: B018  (loads it)
+    return ImageTransform.from_pretrained(model_dir), tokenizer
+
+
 class TrainingStream(IterableDataset):
     """One epoch of one rank's batches; each DataLoader worker streams its own shards."""
 
-    def __init__(self, settings: StreamSettings, plan: EpochPlan, position: DataPosition) -> None:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        plan: EpochPlan,
+        position: DataPosition,
+        tools: tuple[ImageTransform, TextTokenizer] | None = None,
+    ) -> None:
         super().__init__()
         self.settings, self.plan, self.position = settings, plan, position
+        self.tools = tools or sample_tools(settings.model_dir)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import webdataset as wds
@@ -267,8 +294,8 @@ class TrainingStream(IterableDataset):
         settings, epoch = self.settings, self.position.epoch
         skips = SkipCounter(settings.log_skipped_samples)
         cursor = StreamCursor(self.position.worker_positions.get(worker, 0))
-        transform = ImageTransform.from_pretrained(settings.model_dir)
-        builder = ExampleBuilder(settings, transform, TextTokenizer(settings.model_dir), epoch)
+        transform, tokenizer = self.tools
+        builder = ExampleBuilder(settings, transform, tokenizer, epoch)
 
         def unreadable(error: Exception) -> bool:
             skips.skip(None, "unreadable_shard_member", repr(error))
@@ -314,11 +341,16 @@ def make_loader(
     position: DataPosition,
     prefetch_factor: int = 2,
     pin_memory: bool = False,
+    tools: tuple[ImageTransform, TextTokenizer] | None = None,
 ) -> DataLoader:
-    """The DataLoader of one epoch (from `position` on). Drop batches with PLACEHOLDER_KEY."""
+    """The DataLoader of one epoch (from `position` on). Drop batches with PLACEHOLDER_KEY.
+
+    `tools`: `sample_tools(settings.model_dir)`, loaded once for a run's epochs."""
+    import webdataset  # noqa: F401  (imported before the workers fork: they inherit it)
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
     return DataLoader(
-        TrainingStream(settings, plan, position),
+        TrainingStream(settings, plan, position, tools),
         batch_size=None,
         num_workers=plan.workers,
         prefetch_factor=prefetch_factor if plan.workers else None,

@@ -1,5 +1,5 @@
-"""One training sample: image shard members + annotation records -> a tokenised `Example`,
-and a list of examples -> one padded, masked batch (`collate`).
+"""One training sample: image shard members + annotation records -> a tokenised `Example`
+(`fgclip.train.collate` makes a padded, masked batch of a list of them).
 
 Every random choice about a sample (which boxes when there are more than `max_boxes`,
 short or long expression per box) is seeded by (seed, epoch, sample key), never by its
@@ -9,16 +9,13 @@ the worker count or a resume.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fgclip.core.seeding import stable_seed
@@ -89,14 +86,32 @@ class ShardAnnotations:
 
 
 class TextTokenizer:
-    """The model's tokenizer, loaded once per process (DataLoader workers included)."""
+    """The model's tokenizer, loaded once per process (DataLoader workers included).
+
+    Texts go straight to the tokenizer's Rust backend, set to truncate at each length
+    used: the same ids as the transformers call (checked on the first texts of each
+    length; the transformers call is used where they differ) without its per-call Python.
+    Ids of texts seen before come from a bounded per-process cache: hard negatives and
+    region expressions repeat across a dataset, and a text costs the tokenizer about as
+    much as decoding a small image's worth of pixels.
+    """
+
+    #: cached texts per length before the cache starts over (a few MB at most)
+    CACHE_SIZE = 1 << 16
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = str(model_dir)
         self._tokenizer: Any = None
+        self._backends: dict[int, Any] = {}  # max_length -> truncating backend, or None: use the transformers call
+        self._cache: dict[int, dict[str, list[int]]] = {}  # max_length -> text -> ids
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_dir": self.model_dir, "_tokenizer": None}
+        return {
+            "model_dir": self.model_dir,
+            "_tokenizer": None,
+            "_backends": {},
+            "_cache": {},
+        }
 
     @property
     def tokenizer(self) -> Any:
@@ -112,7 +127,43 @@ class TextTokenizer:
         """Token ids with start/end tokens, truncated to `max_length` (the end token kept)."""
         if not texts:
             return []
-        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        cache = self._cache.setdefault(max_length, {})
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
+        if missing:
+            if len(cache) + len(missing) > self.CACHE_SIZE:
+                cache.clear()
+                missing = list(dict.fromkeys(texts))
+            cache.update(zip(missing, self._encode(missing, max_length)))
+        return [list(cache[text]) for text in texts]
+
+    def _encode(self, texts: list[str], max_length: int) -> list[list[int]]:
+        if max_length not in self._backends:
+            self._backends[max_length] = self._truncating_backend(texts, max_length)
+        backend = self._backends[max_length]
+        if backend is None:
+            return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts)]
+
+    def _truncating_backend(self, texts: list[str], max_length: int) -> Any:
+        """A copy of the Rust backend truncating at `max_length`, if it gives exactly the
+        transformers call's ids on `texts` (a tokenizer may add tokens in Python); else None."""
+        source = getattr(self.tokenizer, "backend_tokenizer", None)
+        if source is None:
+            return None
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(source.to_str())
+        backend.no_padding()
+        backend.enable_truncation(max_length, direction=getattr(self.tokenizer, "truncation_side", "right"))
+        expected = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        if [encoding.ids for encoding in backend.encode_batch_fast(texts)] != expected:
+            log.warning(
+                "%s: the tokenizer's backend gives other ids than its transformers call; "
+                "tokenising through transformers (slower)",
+                self.model_dir,
+            )
+            return None
+        return backend
 
 
 # ---------------------------------------------------------------- the examples
@@ -143,7 +194,7 @@ class Example:
     """One tokenised training sample."""
 
     key: str
-    pixels: np.ndarray
+    pixels: np.ndarray  # uint8 (H, W, 3): normalised batched, where the batch is used
     short_ids: list[int]
     long_ids: list[int]
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
@@ -198,15 +249,24 @@ class ExampleBuilder:
         if image_ext is None:
             raise SkipSample("missing_image", "no image member")
         try:
-            with Image.open(io.BytesIO(sample[image_ext])) as raw:
-                image = raw.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            image, full_size = self.transform.decode(sample[image_ext])
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as error:
             raise SkipSample("corrupt_image", f"image cannot be decoded: {error}") from error
 
         short_texts = [settings.short_prefix + alt_text]
-        example = Example(key=key, pixels=self.transform(image), short_ids=[], long_ids=[])
+        example = Example(
+            key=key,
+            pixels=self.transform.pixels(image, full_size),
+            short_ids=[],
+            long_ids=[],
+        )
         if settings.stage == 2 and regions is not None:
-            region_texts, layout = self._add_regions(example, regions, records.get("negatives"), image.size)
+            region_texts, layout = self._add_regions(example, regions, records.get("negatives"), full_size)
             short_texts += region_texts
         ids = self.tokenizer.encode(short_texts, settings.short_text_length)
         example.short_ids = ids[0]
@@ -278,66 +338,3 @@ def _fill_region_ids(example: Example, ids: list[list[int]], layout: list[tuple[
     for needs_positive, neg_count in layout:
         example.pos_ids.append(next(positives) if needs_positive else [])
         example.neg_ids.append([next(negatives) for _ in range(neg_count)])
-
-
-# ------------------------------------------------------------------- collation
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention) of shape (N, longest), at least one column."""
-    longest = max([len(row) for row in rows] + [1])
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), longest), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        attention[index, : len(row)] = 1
-    return ids, attention
-
-
-def collate(examples: Sequence[Example], pad_id: int, stage: int, max_boxes: int, max_negatives: int) -> dict[str, Any]:
-    """Padded tensors and masks.
-
-    Always: keys, pixel_values (B, 3, H, W), short_ids / short_attention (B, Ls),
-    long_ids / long_attention (B, Ll), pad_token_id.
-    Stage 2 (M = max_boxes, K = max_negatives): boxes (B, M, 4) normalised x1, y1, x2, y2
-    in the cropped image; box_valid (B, M); box_ids / box_attention (B, M, Lb), the box's
-    expression (short or long); box_uses_short (B, M); pos_ids / pos_attention (B, M, Lp),
-    the short expression where a box with negatives uses its long one; neg_ids /
-    neg_attention (B, M, K, Ln) and neg_valid (B, M, K). Empty slots are padding, masked.
-    """
-    batch_size = len(examples)
-    batch: dict[str, Any] = {
-        "keys": [example.key for example in examples],
-        "pixel_values": torch.from_numpy(np.stack([example.pixels for example in examples])),
-        "pad_token_id": pad_id,
-    }
-    batch["short_ids"], batch["short_attention"] = _pad([e.short_ids for e in examples], pad_id)
-    batch["long_ids"], batch["long_attention"] = _pad([e.long_ids for e in examples], pad_id)
-    if stage != 2:
-        return batch
-    slots = [(b, m) for b, example in enumerate(examples) for m in range(len(example.boxes))]
-    boxes = torch.zeros((batch_size, max_boxes, 4), dtype=torch.float32)
-    box_valid = torch.zeros((batch_size, max_boxes), dtype=torch.bool)
-    uses_short = torch.zeros((batch_size, max_boxes), dtype=torch.bool)
-    for b, m in slots:
-        boxes[b, m] = torch.tensor(examples[b].boxes[m])
-        box_valid[b, m] = True
-        uses_short[b, m] = examples[b].box_uses_short[m]
-    batch.update(boxes=boxes, box_valid=box_valid, box_uses_short=uses_short)
-    for name, rows_of in (("box", lambda e: e.box_ids), ("pos", lambda e: e.pos_ids)):
-        flat_ids, flat_attention = _pad([rows_of(examples[b])[m] for b, m in slots], pad_id)
-        ids = torch.full((batch_size, max_boxes, flat_ids.shape[1]), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for row, (b, m) in enumerate(slots):
-            ids[b, m], attention[b, m] = flat_ids[row], flat_attention[row]
-        batch[f"{name}_ids"], batch[f"{name}_attention"] = ids, attention
-    neg_slots = [(b, m, k) for b, m in slots for k in range(len(examples[b].neg_ids[m]))]
-    flat_ids, flat_attention = _pad([examples[b].neg_ids[m][k] for b, m, k in neg_slots], pad_id)
-    neg_ids = torch.full((batch_size, max_boxes, max_negatives, flat_ids.shape[1]), pad_id, dtype=torch.long)
-    neg_attention = torch.zeros_like(neg_ids)
-    neg_valid = torch.zeros((batch_size, max_boxes, max_negatives), dtype=torch.bool)
-    for row, (b, m, k) in enumerate(neg_slots):
-        neg_ids[b, m, k], neg_attention[b, m, k] = flat_ids[row], flat_attention[row]
-        neg_valid[b, m, k] = True
-    batch.update(neg_ids=neg_ids, neg_attention=neg_attention, neg_valid=neg_valid)
-    return batch

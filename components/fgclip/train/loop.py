@@ -33,9 +33,17 @@ from fgclip.model.convert import is_fgclip_checkpoint
 from fgclip.model.modeling import FGCLIPModel
 from fgclip.train.checkpoints import checkpoint_tags, export_final, load_checkpoint, save_checkpoint
 from fgclip.train.config import StageRecipe, TrainConfig
-from fgclip.train.data import DataPosition, EpochPlan, list_shard_urls, make_loader, plan_epoch, real_batches
+from fgclip.train.data import (
+    DataPosition,
+    EpochPlan,
+    list_shard_urls,
+    make_loader,
+    plan_epoch,
+    real_batches,
+    sample_tools,
+)
 from fgclip.train.distributed import DistContext, setup_distributed, teardown_distributed
-from fgclip.train.engine import build_engine, optimisation_step
+from fgclip.train.engine import build_engine, optimisation_step, resolve_precision
 from fgclip.train.examples import StreamSettings
 from fgclip.train.job import TrainingError, TrainJob, TrainResult
 
@@ -176,11 +184,14 @@ def _run_params(job: TrainJob, params: Params, context: DistContext, run: _Run) 
 
 def train(job: TrainJob, params: Params, context: DistContext, tracker: Tracker, progress: bool = True) -> TrainResult:
     """Run (or continue) one stage; checkpoints on the way, the HF model at the end."""
+    precision = resolve_precision(params.train.precision, context.accelerator)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"precision": precision})})
     train_cfg = params.train
     run = _prepare(job, params, context)
     tracker.log_params(_run_params(job, params, context, run))
     recipe, engine = run.recipe, run.engine
     settings = _stream_settings(job, params, recipe)
+    tools = sample_tools(settings.model_dir)  # once for all epochs; each epoch's workers inherit them
     stop_at = min(run.total_steps, job.stop_after_steps or run.total_steps)
     result = TrainResult(
         step=run.step,
@@ -197,7 +208,12 @@ def train(job: TrainJob, params: Params, context: DistContext, tracker: Tracker,
     while run.step < stop_at:
         tick = time.perf_counter()
         loader = make_loader(
-            settings, run.plan, run.position, train_cfg.prefetch_factor, pin_memory=context.accelerator == "cuda"
+            settings,
+            run.plan,
+            run.position,
+            train_cfg.prefetch_factor,
+            pin_memory=context.accelerator == "cuda",
+            tools=tools,
         )
         for batch in real_batches(loader):
             losses = optimisation_step(

@@ -52,6 +52,15 @@ def temperature_scales(model: Any, max_logit_scale: float) -> dict[str, torch.Te
     return {name: getattr(model, name).clamp(max=max_logit_scale) for name in TEMPERATURE_PARAMETER_NAMES}
 
 
+def model_pixels(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The batch's images as the model's input on `device`: uint8 pixels (the loader's) go
+    over as they are and are normalised there; float pixels are taken as normalised."""
+    pixels = batch["pixel_values"]
+    if pixels.dtype == torch.uint8:
+        pixels = batch["pixel_normalisation"](pixels.to(device, non_blocking=True))
+    return pixels.to(device, dtype, non_blocking=True)
+
+
 def compute_losses(
     model: Any,
     batch: dict[str, Any],
@@ -64,7 +73,7 @@ def compute_losses(
     max_logit_scale: float,
 ) -> StepLosses:
     move = lambda name: batch[name].to(device, non_blocking=True)  # noqa: E731
-    pixels = batch["pixel_values"].to(device, dtype, non_blocking=True)
+    pixels = model_pixels(batch, device, dtype)
     scales = temperature_scales(model, max_logit_scale)
     long_ids, long_attention = trim_to_longest(move("long_ids"), move("long_attention"))
     long_feats = model.get_text_features(long_ids, long_attention, long=True)
