@@ -1,7 +1,9 @@
-# Two entry points: `make demo` (whole pipeline on the embedded demo world) and `make test`.
-# Both create the virtual environment on first use, from pinned lock files: `make demo`
-# from requirements-demo.lock (what the demo needs, wheels only), `make test` from
-# requirements.lock (everything: orchestration, model backends, test and lint tools).
+# Entry points: `make demo` (whole pipeline on the embedded demo world), `make test`, and
+# `make rehearse` (the cluster rehearsal on this machine: images built, the DAG's pods run).
+# Each creates the virtual environment on first use, from pinned lock files: `make demo`
+# from requirements-demo.lock (what the demo needs, wheels only), `make test` and
+# `make rehearse` from requirements.lock (everything: orchestration, model backends, test
+# and lint tools).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -11,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 CLIP_BENCHMARK_VERSION := 1.6.2
 
-.PHONY: demo test test-fast lint fmt env env-demo clean-demo airflow
+.PHONY: demo test test-fast lint fmt env env-demo clean-demo airflow engine image-cpu images rehearse
 
 # The lock files are complete (pip freeze), so pip installs them as listed (--no-deps: no
 # resolver pass). --no-compile leaves byte-compiling to the first import of each module:
@@ -66,7 +68,7 @@ test-fast: env
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # What CI checks before the tests (CONTRIBUTING.md): lint, format, types, layer contracts.
-LINT_PATHS := components tests benchmarks dags airflow_settings
+LINT_PATHS := components tests benchmarks dags airflow_settings rehearsal
 lint: env
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
@@ -76,6 +78,30 @@ lint: env
 fmt: env
 	$(BIN)/ruff format $(LINT_PATHS)
 	$(BIN)/ruff check --fix $(LINT_PATHS)
+
+# --- container images and the cluster rehearsal (images/README.md, rehearsal/) ---------------
+# podman, buildah, runc and mmdebstrap from Debian's packages (installed when missing; root).
+engine:
+	images/engine/install-host.sh
+
+# The CPU image (run in the rehearsal and in CI); `make images` adds the GPU image (gigabytes
+# of CUDA wheels: not in every CI run). Both from the project's own base image and a
+# wheelhouse made from the lock; sizes and build times in build/images/*.json.
+image-cpu: env engine
+	images/build.sh cpu
+
+images: env engine
+	images/build.sh cpu gpu
+
+# What to run before a first deployment: the data build DAG's pods, 2-node training with a
+# node killed, a failing pod, and the tracking and S3 servers stopped mid-run, all on this
+# machine with podman (rehearsal/). Figures in build/rehearsal/report.json.
+rehearse: env image-cpu
+	@mkdir -p build/rehearsal  # pytest makes --basetemp itself, not its parent (a fresh clone has none)
+	@start=$$(date +%s); \
+	CONTAINERS_CONF=$(abspath images/engine/containers.conf) $(BIN)/python -m pytest -q \
+		--basetemp=$(abspath build/rehearsal/tmp) rehearsal; rc=$$?; \
+	echo "== cluster rehearsal finished in $$(( $$(date +%s) - start )) s (exit $$rc) =="; exit $$rc
 
 clean-demo:
 	rm -rf data reports models mlflow.db mlruns

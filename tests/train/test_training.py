@@ -193,6 +193,25 @@ def test_killed_run_resumes_exactly(world, tmp_path, precision):
             )
 
 
+def test_resume_refuses_checkpoints_of_other_inputs(world, tmp_path):
+    """A TrainJob always passes --resume (a retry continues); checkpoints an earlier run left
+    for another dataset must then not be continued."""
+    import shutil
+
+    root, dirs, _, params = world
+    params = no_tracking(with_recipe(params, 1, batch_size=8, epochs=1, warmup_steps=1, train={"checkpoint_every": 1}))
+    images = tmp_path / "images"
+    shutil.copytree(dirs["images"], images)
+    job = dataclasses.replace(job_for(world, tmp_path / "out", stage=1), images=str(images))
+    assert run_training(dataclasses.replace(job, stop_after_steps=1), params, progress=False).step == 1
+    resumed = run_training(dataclasses.replace(job, resume=True, stop_after_steps=2), params, progress=False)
+    assert resumed.resumed_from == 1  # the same inputs: continued
+    (images / "00003.tar").unlink()  # another dataset in the same place
+    (images / "00003.parquet").unlink(missing_ok=True)
+    with pytest.raises(TrainingError, match="trained from other inputs"):
+        run_training(dataclasses.replace(job, resume=True), params, progress=False)
+
+
 def test_cli_trains_stage1_stops_and_resumes(world, tmp_path, clip_factory, capsys):
     from fgclip.cli import main
     from fgclip.model import FGCLIPModel

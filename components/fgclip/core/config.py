@@ -43,6 +43,20 @@ class TrackingConfig(Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fgclip-data"
     enabled: bool = True
+    # Metrics, params and tags go to the server from a background thread (fgclip.core.tracking_buffer):
+    buffer_items: int = Field(
+        100_000,
+        ge=1,
+        description="run data items waiting for the server at most; a full buffer makes the run wait, it never drops",
+    )
+    flush_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="how long the end of a run waits for the server to take what is buffered before it fails",
+    )
+    stall_warning_s: float = Field(
+        10.0, gt=0, description="log a warning when the server has not taken run data for this long"
+    )
 
 
 class S3Config(Section):

@@ -5,6 +5,10 @@ MLFLOW_TRACKING_URI points at the tracking server and wins over params.yaml. Eac
 records the component's params, counts, throughput, metrics and artifacts, and the
 digest of its input data as an MLflow dataset input, so a registered model leads back to
 the exact shards that made it.
+
+Metrics, params and tags reach the server from a background thread through a bounded
+buffer (fgclip.core.tracking_buffer), so a training loop never waits for a slow or stopped
+tracking server; the end of the run waits until everything is delivered.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import yaml
 
 from fgclip.core.config import TrackingConfig
 from fgclip.core.storage import local_path, sha256_file
+from fgclip.core.tracking_buffer import BufferedRunLogger, TrackingUndelivered
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +87,14 @@ def dataset_source_path(path: str | Path) -> str:
 
 
 class Tracker:
-    """What a component logs; a disabled tracker accepts the same calls and does nothing."""
+    """What a component logs; a disabled tracker accepts the same calls and does nothing.
 
-    def __init__(self, mlflow_module: Any | None) -> None:
+    With a `buffer` (a BufferedRunLogger), metrics, params and tags go through it; artifacts
+    and dataset inputs are sent at once (MLflow retries them)."""
+
+    def __init__(self, mlflow_module: Any | None, buffer: Any | None = None) -> None:
         self._mlflow = mlflow_module
+        self._buffer = buffer
 
     @property
     def enabled(self) -> bool:
@@ -97,7 +106,8 @@ class Tracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self._mlflow:
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in flatten("", params).items()})
+            values = {k: str(v)[:6000] for k, v in flatten("", params).items()}
+            (self._buffer or self._mlflow).log_params(values)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self._mlflow:
@@ -106,7 +116,7 @@ class Tracker:
                 for k, v in flatten("", metrics).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
-            self._mlflow.log_metrics(numeric, step=step)
+            (self._buffer or self._mlflow).log_metrics(numeric, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow:
@@ -122,7 +132,23 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self._mlflow:
-            self._mlflow.set_tags(dict(tags))
+            (self._buffer or self._mlflow).set_tags(dict(tags))
+
+    def close(self) -> None:
+        """Deliver what is buffered; raises TrackingUndelivered if the server did not take it all."""
+        if self._buffer is not None:
+            buffer, self._buffer = self._buffer, None
+            stats = buffer.close()
+            if stats.failed_tries or stats.longest_stall_s >= buffer.stall_warning_s:
+                log.warning(
+                    "MLflow run %s: %d items delivered in %d batches, %d failed tries, longest wait for "
+                    "the server %.1f s",
+                    buffer.run_id,
+                    stats.delivered,
+                    stats.batches,
+                    stats.failed_tries,
+                    stats.longest_stall_s,
+                )
 
     def log_dataset(
         self, path: str | Path, name: str, context: str = "input", known: tuple[str, str] | None = None
@@ -137,8 +163,7 @@ class Tracker:
             source = LocalArtifactDatasetSource(dataset_source_path(path))
             dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]  # not an ABC at run time
             self._mlflow.log_input(dataset, context=context)
-            self._mlflow.set_tag(f"dataset.{name}.digest", digest)
-            self._mlflow.set_tag(f"dataset.{name}.digest_origin", origin)
+            self.set_tags({f"dataset.{name}.digest": digest, f"dataset.{name}.digest_origin": origin})
         return digest
 
 
@@ -177,10 +202,25 @@ def tracked_run(
             tags = {**(tags or {}), PARENT_RUN_TAG: parent}
         elif run_id is None:
             mlflow.set_experiment(experiment or config.experiment)
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {})):
-            tracker = Tracker(mlflow)
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {})) as run:
+            buffer = BufferedRunLogger(
+                mlflow.MlflowClient(tracking_uri=uri),
+                run.info.run_id,
+                capacity=config.buffer_items,
+                flush_timeout_s=config.flush_timeout_s,
+                stall_warning_s=config.stall_warning_s,
+            )
+            tracker = Tracker(mlflow, buffer)
             log.info("MLflow run %s (%s) at %s", tracker.run_id, run_name, uri)
-            yield tracker
+            try:
+                yield tracker
+            except BaseException:
+                try:
+                    tracker.close()
+                except TrackingUndelivered as undelivered:  # the component's own error goes on
+                    log.error("%s", undelivered)
+                raise
+            tracker.close()  # before the run ends: its data belongs to a running run
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -49,9 +49,9 @@ from fgclip.orchestration.trainjob_status import (
 TRAINER_NODE = "node"
 # JobSet (which the TrainJob becomes) labels every pod with its name == the TrainJob's.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
-_TRAINER_DEFAULTS = TrainerSettings()
 #: `fgclip train`'s flag to continue from the latest checkpoint (none yet: from step 0).
 RESUME_FLAG = "--resume"
+_TRAINER_DEFAULTS = TrainerSettings()
 
 
 def training_component(argv: Sequence[str]) -> str:
@@ -91,6 +91,10 @@ def trainjob_manifest(
     `workdir`: the DAG run's workspace the nodes train in (its params.yaml); `env`: more
     variables (e.g. the DAG run's MLflow run). `activeDeadlineSeconds` is the trainer's
     timeout: the cluster stops the job then, whoever is waiting.
+
+    The command always has --resume: a TrainJob started again after a node failed (a retry)
+    continues from the last checkpoint instead of refusing to start; a first run has none
+    and starts at step 0, and checkpoints of other inputs are refused (fgclip.train.loop).
     """
     if not is_template(name):  # a template (e.g. with the try number) is checked once rendered
         check_trainjob_name(name)
@@ -124,7 +128,7 @@ def trainjob_manifest(
                 "image": settings.images[preset.family],
                 "command": ["torchrun"],
                 # torchrun reads nodes, rank, master and procs from the PET_* variables Trainer sets.
-                "args": ["--module", "fgclip.cli", *fgclip_arguments(argv, settings, workdir)],
+                "args": ["--module", "fgclip.cli", *_resuming(fgclip_arguments(argv, settings, workdir))],
                 "env": [*to_dict(pod_env(preset)), *({"name": k, "value": v} for k, v in sorted((env or {}).items()))],
                 "numNodes": num_nodes,
                 "numProcPerNode": procs,
@@ -160,6 +164,10 @@ def trainjob_manifest(
             ],
         },
     }
+
+
+def _resuming(args: list[str]) -> list[str]:
+    return args if RESUME_FLAG in args else [*args, RESUME_FLAG]
 
 
 def is_template(text: str) -> bool:
@@ -293,19 +301,8 @@ class TrainJobOperator(BaseOperator):
         spec = {**self.manifest["spec"], "trainer": {**self.manifest["spec"]["trainer"], "numNodes": nodes}}
         self.manifest = {**self.manifest, "spec": spec}
 
-    def _resume_on_retry(self, context: Any) -> None:
-        """A retry's TrainJob (a new one: the name holds the try number) continues from the last
-        checkpoint the failed try left in the workspace; the first try starts as dvc.yaml says."""
-        ti = context.get("ti") if isinstance(context, Mapping) else None
-        args = self.manifest["spec"]["trainer"]["args"]
-        if ti is None or int(ti.try_number) <= 1 or RESUME_FLAG in args:
-            return
-        trainer = {**self.manifest["spec"]["trainer"], "args": [*args, RESUME_FLAG]}
-        self.manifest = {**self.manifest, "spec": {**self.manifest["spec"], "trainer": trainer}}
-
     def execute(self, context: Any) -> str:
         self._apply_num_nodes()
-        self._resume_on_retry(context)
         name, namespace = self.job_name, self.job_namespace
         try:
             check_trainjob_name(name)

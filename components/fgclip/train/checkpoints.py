@@ -10,6 +10,7 @@ processor.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -67,6 +68,27 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
+def inputs_fingerprint(job: TrainJob) -> str:
+    """What a checkpoint was trained from, cheaply: the stage, the starting model's config
+    and file sizes, and the names and sizes of the image shards and annotation files. A
+    --resume onto checkpoints of other inputs (an earlier run on another dataset) is refused."""
+
+    def listing(folder: str | None) -> list[tuple[str, int]]:
+        if folder is None or not Path(folder).is_dir():
+            return []
+        return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file())
+
+    config = Path(job.init) / "config.json"
+    identity = {
+        "stage": job.stage,
+        "init_config": config.read_text() if config.is_file() else None,
+        "init": listing(job.init),
+        "images": listing(job.images),
+        "annotations": {name: listing(path) for name, path in job.annotations.named().items()},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def checkpoint_tags(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
@@ -82,6 +104,7 @@ def save_checkpoint(
     job: TrainJob,
     recipe: StageRecipe,
     keep: int,
+    inputs: str | None = None,
 ) -> str:
     tag = f"{TAG_PREFIX}{step:09d}"
     client_state = {
@@ -89,6 +112,7 @@ def save_checkpoint(
         "stage": job.stage,
         "recipe": recipe.model_dump(mode="json"),
         "world_size": context.world_size,
+        "inputs": inputs or inputs_fingerprint(job),
         "data": _gather(position.to_dict(recipe.batch_size), context.world_size),
         "rng": _gather(rng_state(), context.world_size),
     }
@@ -103,7 +127,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    engine: Any, folder: Path, context: DistContext, job: TrainJob, recipe: StageRecipe
+    engine: Any, folder: Path, context: DistContext, job: TrainJob, recipe: StageRecipe, inputs: str | None = None
 ) -> tuple[int, DataPosition, str] | None:
     """Restore the latest checkpoint: (step, this rank's data position, tag), or None."""
     if not (folder / "latest").is_file():
@@ -114,6 +138,11 @@ def load_checkpoint(
         raise TrainingError(f"cannot load the latest checkpoint in {folder}")
     if client_state.get("stage") != job.stage:
         raise TrainingError(f"{folder} holds a stage {client_state.get('stage')} run, not stage {job.stage}")
+    if client_state.get("inputs") not in (None, inputs or inputs_fingerprint(job)):
+        raise TrainingError(
+            f"{folder / tag} was trained from other inputs (another dataset or starting model): "
+            "remove the checkpoints or use a new --out"
+        )
     if client_state.get("world_size") != context.world_size:
         raise TrainingError(
             f"{folder} was written by {client_state.get('world_size')} ranks; resume with the same "

@@ -31,7 +31,13 @@ from fgclip.core.config import TrackingConfig
 from fgclip.core.tracking import Tracker, tracked_run
 from fgclip.model.convert import is_fgclip_checkpoint
 from fgclip.model.modeling import FGCLIPModel
-from fgclip.train.checkpoints import checkpoint_tags, export_final, load_checkpoint, save_checkpoint
+from fgclip.train.checkpoints import (
+    checkpoint_tags,
+    export_final,
+    inputs_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fgclip.train.config import StageRecipe, TrainConfig
 from fgclip.train.data import (
     DataPosition,
@@ -122,6 +128,7 @@ class _Run:
     position: DataPosition = field(default_factory=lambda: DataPosition(0))
     last_tag: str | None = None
     resumed_from: int | None = None
+    inputs: str | None = None  # inputs_fingerprint, taken once per run
 
 
 def _prepare(job: TrainJob, params: Params, context: DistContext) -> _Run:
@@ -148,9 +155,10 @@ def _prepare(job: TrainJob, params: Params, context: DistContext) -> _Run:
     except (ValueError, FileNotFoundError) as error:
         raise TrainingError(str(error)) from error
     total_steps = recipe.epochs * plan.batches_per_epoch
-    run = _Run(recipe, plan, total_steps, build_engine(model, recipe, train_cfg, context.world_size, total_steps))
+    engine = build_engine(model, recipe, train_cfg, context.world_size, total_steps)
+    run = _Run(recipe, plan, total_steps, engine, inputs=inputs_fingerprint(job))
     if job.resume:
-        restored = load_checkpoint(run.engine, job.checkpoints, context, job, recipe)
+        restored = load_checkpoint(run.engine, job.checkpoints, context, job, recipe, run.inputs)
         if restored is None:
             log.info("--resume: no checkpoint in %s yet, starting from step 0", job.checkpoints)
         else:
@@ -240,7 +248,15 @@ def train(job: TrainJob, params: Params, context: DistContext, tracker: Tracker,
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if run.step % train_cfg.checkpoint_every == 0 or run.step == stop_at:
                 run.last_tag = save_checkpoint(
-                    engine, job.checkpoints, run.step, run.position, context, job, recipe, train_cfg.keep_checkpoints
+                    engine,
+                    job.checkpoints,
+                    run.step,
+                    run.position,
+                    context,
+                    job,
+                    recipe,
+                    train_cfg.keep_checkpoints,
+                    run.inputs,
                 )
             if run.step >= stop_at:
                 break
