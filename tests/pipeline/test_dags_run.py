@@ -234,8 +234,13 @@ def test_train_registers_the_model_from_its_run_with_its_lineage(
 
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(tmp_path)))
+    # the server named explicitly: an earlier test in this process may have set another
+    # tracking URI, which mlflow would prefer over the environment
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model.source, dst_path=str(tmp_path), tracking_uri=tracking, registry_uri=tracking
+        )
+    )
     files = [path.relative_to(local).as_posix() for path in local.rglob("*") if path.is_file()]
     assert any(name.endswith("fgclip_model/config.json") for name in files), files
     assert any(name.endswith(".safetensors") for name in files), files
