@@ -234,12 +234,11 @@ def test_train_registers_the_model_from_its_run_with_its_lineage(
 
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    # the server named explicitly: an earlier test in this process may have set another
-    # tracking URI, which mlflow would prefer over the environment
+    # Resolved through this test's client: a `models:/` URI is resolved by a client of
+    # mlflow's global tracking URI, which an earlier test in this process may have set.
+    location = client.get_model_version_download_uri(model.name, model.version)
     local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=model.source, dst_path=str(tmp_path), tracking_uri=tracking, registry_uri=tracking
-        )
+        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp_path), tracking_uri=tracking)
     )
     files = [path.relative_to(local).as_posix() for path in local.rglob("*") if path.is_file()]
     assert any(name.endswith("fgclip_model/config.json") for name in files), files
