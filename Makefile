@@ -78,7 +78,7 @@ test-fast: env
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # What CI checks before the tests (CONTRIBUTING.md): lint, format, types, layer contracts.
-LINT_PATHS := components tests benchmarks dags rehearsal
+LINT_PATHS := components tests benchmarks dags airflow_settings rehearsal
 lint: env
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
@@ -128,6 +128,8 @@ airflow: export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
 airflow: export AIRFLOW__CORE__LOAD_EXAMPLES := False
 airflow: export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
 airflow: export AIRFLOW__CORE__PARALLELISM := 4
+# airflow_local_settings: the task processes start with the DAG builders, the components and MLflow loaded
+airflow: export PYTHONPATH := $(abspath airflow_settings)$(if $(PYTHONPATH),:$(PYTHONPATH))
 airflow: export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
 airflow: export AIRFLOW__API__BASE_URL := http://localhost:$(AIRFLOW_PORT)
 airflow: export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://localhost:$(AIRFLOW_PORT)/execution/
@@ -139,5 +141,7 @@ airflow: env
 		"import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
 	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)   user: admin   password:" \
 		"$$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"
+	@airflow db migrate > $(AIRFLOW_DIR)/migrate.log
+	@$(BIN)/python -m fgclip.orchestration.pools > $(AIRFLOW_DIR)/pools.json && airflow pools import $(AIRFLOW_DIR)/pools.json > /dev/null
 	@echo "Trigger fgclip_data_build (the play button, then the form); fgclip_train follows on its dataset. Ctrl-C stops."
 	airflow standalone

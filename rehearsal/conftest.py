@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rehearsal.dag_runner import result_of
 from rehearsal.podman import BASE_IMAGE, REPO, LocalNamespace, Podman
 from rehearsal.world import DVC_BUCKET, make_workspace, namespace_objects, rehearsal_params
 
@@ -134,7 +135,10 @@ def timer() -> Any:
 
 class DataBuild:
     """What the data build rehearsal left: the DAG run's summary, the workspace volume's files
-    afterwards, the `dvc repro` reference built from the same params, and timings."""
+    afterwards, the `dvc repro` reference built from the same params, and timings.
+
+    The DAG run works in its own run workspace on the volume (a git worktree made by the
+    `prepare` pod): `run_workdir` is that folder as pods see it, `run_files` its exported copy."""
 
     def __init__(
         self,
@@ -144,9 +148,14 @@ class DataBuild:
         claim: str,
         seconds: float,
         reference_seconds: float,
+        workspace_path: str,
     ) -> None:
         self.summary, self.volume_files, self.reference, self.claim = summary, volume_files, reference, claim
         self.seconds, self.reference_seconds = seconds, reference_seconds
+        self.prepared: dict[str, Any] = result_of(summary, "prepare") or {}
+        self.run_workdir = str(self.prepared.get("run_dir", ""))
+        relative = Path(self.run_workdir).relative_to(workspace_path) if self.run_workdir else None
+        self.run_files = volume_files / relative if relative else volume_files / "no-run-workspace"
 
 
 def airflow_env(scratch: Path, workspace: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -222,7 +231,12 @@ def data_build(
     namespace_file = scratch / "namespace.json"
     namespace_file.write_text(json.dumps(spec))
     env = airflow_env(scratch, workspace, {**s3.env(), "MLFLOW_TRACKING_URI": tracking})
-    run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], cwd=workspace, env=env)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    run([airflow, "db", "migrate"], cwd=workspace, env=env)
+    # the stage tasks' pools, imported as on a cluster once the chart is installed (k8s/README.md)
+    pools = scratch / "pools.json"
+    pools.write_text(run([sys.executable, "-m", "fgclip.orchestration.pools"], cwd=workspace, env=env))
+    run([airflow, "pools", "import", str(pools)], cwd=workspace, env=env)
     clock = timer()
     out = run(
         [sys.executable, "-m", "rehearsal.dag_runner", str(namespace_file), "fgclip_data_build"],
@@ -235,4 +249,5 @@ def data_build(
     summary = json.loads(out.strip().splitlines()[-1])
     summary["log"] = str(scratch / "data_build.log")
     files = namespace.export_volume(claim, scratch / "volume-after-data-build")
-    return DataBuild(summary, files, reference, claim, seconds, reference_seconds)
+    workspace_path = params["kubernetes"]["workspace_path"]
+    return DataBuild(summary, files, reference, claim, seconds, reference_seconds, workspace_path)

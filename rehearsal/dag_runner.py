@@ -20,6 +20,11 @@ from typing import Any
 POD_TIMEOUT_S = 1800
 
 
+def result_of(summary: dict[str, Any], task_id: str) -> Any:
+    """The XCom of an unmapped task in what main() printed (None if it pushed none)."""
+    return next((r["value"] for r in summary["results"] if r["task_id"] == task_id and r["map_index"] == -1), None)
+
+
 def namespace_from(path: Path) -> Any:
     from rehearsal.podman import LocalNamespace
 

@@ -11,7 +11,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import S3_KEY, S3_SECRET, START_TIMEOUT_S, STOP_TIMEOUT_S, _wait_http, free_port, program
+from tests.support.servers import (
+    S3_KEY,
+    S3_SECRET,
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    _wait_http,
+    free_port,
+    mlflow_server_command,
+    s3_server_command,
+)
 
 
 @dataclass
@@ -100,18 +109,7 @@ def s3_server(root: Path) -> RestartableServer:
     port = free_port()
     return RestartableServer(
         "s3",
-        [
-            program("rclone"),
-            "serve",
-            "s3",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--auth-key",
-            f"{S3_KEY},{S3_SECRET}",
-            "--config",
-            str(root.parent / "rclone.conf"),
-            str(root),
-        ],
+        s3_server_command(root, port),
         port,
         root.parent / f"rclone-{port}.log",
         "/",
@@ -138,20 +136,7 @@ def mlflow_server(workdir: Path, artifacts: str, env: dict[str, str]) -> Restart
     port = free_port()
     return RestartableServer(
         "mlflow",
-        [
-            program("mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            artifacts,
-        ],
+        mlflow_server_command(workdir, artifacts, port),
         port,
         workdir / f"mlflow-{port}.log",
         "/health",

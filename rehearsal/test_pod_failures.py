@@ -37,17 +37,20 @@ def test_a_bad_command_names_the_pod_and_the_missing_program(namespace: LocalNam
     assert "fgclipp" in str(error) and "not found" in str(error), str(error)
 
 
-def _control_pod(settings: Any, step: list[str]) -> dict[str, Any]:
-    """The pod of a control step, as fgclip.orchestration.tasks builds it (XCom sidecar included)."""
+def _control_pod(settings: Any, workspace: str, step: list[str]) -> dict[str, Any]:
+    """The pod of a control step in a DAG run's workspace, as fgclip.orchestration.tasks builds
+    it (XCom sidecar included)."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
     from fgclip.orchestration.control import POD_XCOM_FILE
     from fgclip.orchestration.kubernetes import _OFFLINE_KUBECONFIG, pod_operator_kwargs, to_dict
-    from fgclip.orchestration.tasks.control import CONTROL_MODULE
+    from fgclip.orchestration.tasks.pods import CONTROL_MODULE
 
     kwargs = pod_operator_kwargs("publish", ["fgclip", "--help"], settings)
     kwargs.update(
-        cmds=["python", "-m", CONTROL_MODULE], arguments=["--xcom-file", POD_XCOM_FILE, *step], do_xcom_push=True
+        cmds=["python", "-m", CONTROL_MODULE],
+        arguments=["--workspace", workspace, "--xcom-file", POD_XCOM_FILE, *step],
+        do_xcom_push=True,
     )
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "kubeconfig"
@@ -59,9 +62,9 @@ def _control_pod(settings: Any, step: list[str]) -> dict[str, Any]:
 def test_a_missing_environment_variable_names_the_pod_and_what_is_missing(
     namespace: LocalNamespace, params: dict[str, Any], data_build: Any
 ) -> None:
-    """The publish step on the built workspace, its pod not given the S3 Secret (no
+    """The publish step in the data build's run workspace, its pod not given the S3 Secret (no
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): the push to the DVC remote cannot sign."""
-    spec = _control_pod(_settings(params, env_secrets=[]), ["publish"])
+    spec = _control_pod(_settings(params, env_secrets=[]), data_build.run_workdir, ["publish"])
     error = _fails(namespace, spec)
     assert str(error).startswith(f"pod {spec['metadata']['name']} failed: container base exited with code")
     assert "credentials" in str(error).lower(), str(error)

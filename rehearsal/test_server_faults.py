@@ -38,7 +38,9 @@ def _fault_params() -> dict[str, Any]:
     params = rehearsal_params()
     params["demo"].update(train_shards=16, samples_per_shard=64)
     params["train"].update(checkpoint_every=1000, log_every=1)
-    params["train"]["demo"]["stage1"].update(batch_size=16, epochs=1, warmup_steps=4)
+    # 5 epochs (320 steps): with one epoch (under 10 s on an idle machine) the loop ended inside
+    # the outage before the buffer's stall warning (10 s) was due, and the log had nothing to say
+    params["train"]["demo"]["stage1"].update(batch_size=16, epochs=5, warmup_steps=4)
     return params
 
 

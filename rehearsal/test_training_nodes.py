@@ -1,10 +1,11 @@
 """Multi-node training rehearsed: the pods a Kubeflow Trainer TrainJob of this project's
 runtime starts for stage 1 on 2 nodes (rehearsal.trainjob), as containers on one podman
-network, on the workspace volume the data build left (its starting model made by the
-init_model pod first). Stage 1 trains across them with gloo; its loss at every step must
-match a one-process run on the same global batch (rehearsal.global_batch). Node 1 is
-killed mid-run: the job fails, and the nodes started again resume from the last
-checkpoint and finish with the losses of an uninterrupted run.
+network, in the run workspace the data build left on the workspace volume (its starting
+model made by the init_model pod first), with the DAG run's MLflow run handed to the nodes
+as the TrainJob's env, as the train DAG does. Stage 1 trains across them with gloo; its
+loss at every step must match a one-process run on the same global batch
+(rehearsal.global_batch). Node 1 is killed mid-run: the job fails, and the nodes started
+again resume from the last checkpoint and finish with the losses of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from fgclip.config import Params
-from fgclip.orchestration.kubernetes import build_pod_spec
+from fgclip.core.tracking import PARENT_RUN_ENV, PARENT_RUN_TAG
+from fgclip.orchestration.kubernetes import build_pod_spec, fgclip_arguments
 from fgclip.orchestration.pipeline import load_pipeline
 from fgclip.orchestration.trainjob import trainjob_manifest
 from rehearsal.podman import REPO, LocalNamespace, PodFailed, Podman
@@ -71,13 +73,47 @@ def _latest_checkpoint(workspace: Path) -> int:
         return 0
 
 
-def _losses_by_run(db: Path) -> list[dict[int, float]]:
-    """Per stage-1 MLflow run (oldest first): step -> logged loss."""
+#: The DAG run's MLflow run, as the train DAG's prepare step starts it (made in a pod: the
+#: tracking store on the volume is the pods' user's).
+PARENT_RUN_SCRIPT = """
+import mlflow
+client = mlflow.MlflowClient()
+experiment = client.get_experiment_by_name("fgclip-train")
+experiment_id = experiment.experiment_id if experiment else client.create_experiment("fgclip-train")
+print(client.create_run(experiment_id, run_name="fgclip_train rehearsal").info.run_id)
+"""
+
+
+def _parent_run(podman: Podman, claim: str, image: str, tracking: str) -> str:
+    out = podman.text(
+        "run",
+        "--rm",
+        "--user",
+        "1000:1000",
+        "--volume",
+        f"{claim}:/workspace",
+        "--env",
+        f"MLFLOW_TRACKING_URI={tracking}",
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        PARENT_RUN_SCRIPT,
+        timeout=300,
+    )
+    return out.strip().splitlines()[-1]
+
+
+def _losses_by_run(db: Path, parent: str) -> list[dict[int, float]]:
+    """Per stage-1 MLflow run nested under the DAG run's run `parent` (oldest first): step ->
+    logged loss."""
     assert db.is_file(), f"the training nodes logged nothing to {db} (MLFLOW_TRACKING_URI from fgclip-mlflow)"
     with sqlite3.connect(db) as connection:
         runs = connection.execute(
             "SELECT runs.run_uuid FROM runs JOIN experiments ON runs.experiment_id = experiments.experiment_id "
-            "WHERE experiments.name = 'fgclip-train' ORDER BY runs.start_time"
+            "JOIN tags ON tags.run_uuid = runs.run_uuid "
+            "WHERE experiments.name = 'fgclip-train' AND tags.key = ? AND tags.value = ? ORDER BY runs.start_time",
+            (PARENT_RUN_TAG, parent),
         ).fetchall()
         out = []
         for (run,) in runs:
@@ -102,21 +138,33 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(
     report: dict[str, Any],
     scratch: Path,
     timer: Any,
+    cpu_image: str,
 ) -> None:
     space, ips = train_namespace
     settings = Params.model_validate(params).kubernetes
     pipeline = load_pipeline(REPO)
-    workspace = _mountpoint(podman, data_build.claim)
+    # the data build's run workspace: the nodes train on its data, in it (`fgclip -C <it>`)
+    workdir = data_build.run_workdir
+    volume = _mountpoint(podman, data_build.claim)
+    workspace = volume / data_build.run_files.relative_to(data_build.volume_files)
+    assert (workspace / "data" / "build" / "captions").is_dir(), f"no data build outputs in {workspace}"
     figures: dict[str, Any] = {"nodes": TRAIN_NODES}
 
     init = pipeline.stage("init_model")
+    init_pod = build_pod_spec(init.base_name, init.command(), settings)
+    init_pod["spec"]["containers"][0]["args"] = fgclip_arguments(init.command(), settings, workdir)  # as a DAG task
     clock = timer()
-    space.run_pod(build_pod_spec(init.base_name, init.command(), settings), timeout_s=NODE_TIMEOUT_S)
+    space.run_pod(init_pod, timeout_s=NODE_TIMEOUT_S)
     figures["init_model_pod_seconds"] = clock.seconds()
 
+    parent = _parent_run(podman, data_build.claim, cpu_image, space.configmaps["fgclip-mlflow"]["MLFLOW_TRACKING_URI"])
     stage = pipeline.stage("train_stage1")
-    manifest = trainjob_manifest(stage.command(), settings, TRAIN_NODES, TRAINJOB)
+    manifest = trainjob_manifest(
+        stage.command(), settings, TRAIN_NODES, TRAINJOB, workdir=workdir, env={PARENT_RUN_ENV: parent}
+    )
     pods = with_master_alias(node_pods(manifest), TRAINJOB, ips[0])
+    node_args = pods[0]["spec"]["containers"][0]["args"]
+    assert node_args[node_args.index("-C") + 1] == workdir, node_args  # the TrainJob runs in the run's workspace
     recipe = Params.model_validate(params).train.recipe_for(1)
     total_steps = recipe.epochs * 16 // (recipe.batch_size * TRAIN_NODES)  # 2 shards x 8 images
     every = params["train"]["checkpoint_every"]
@@ -157,8 +205,8 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(
     summary = json.loads((workspace / "models" / "stage1" / "training.json").read_text())
     assert summary["steps"] == total_steps and summary["world_size"] == TRAIN_NODES
 
-    runs = _losses_by_run(workspace / TRACKING_DB)
-    assert len(runs) == 2, f"expected the killed run and the resumed one, got {len(runs)} runs"
+    runs = _losses_by_run(volume / TRACKING_DB, parent)
+    assert len(runs) == 2, f"expected the killed run and the resumed one under the DAG run's run, got {len(runs)} runs"
     first, resumed = runs
     assert min(resumed) == killed_after + 1 and max(resumed) == total_steps, (
         f"the resumed run did not continue after checkpoint {killed_after}: steps {min(resumed)}..{max(resumed)}"

@@ -63,7 +63,16 @@ def dvc_workspace(root: Path, params: dict) -> Path:
         shutil.copy(REPO_ROOT / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # tool_env puts this interpreter's bin folder (its dvc) first on PATH
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+    shutil.copy(REPO_ROOT / ".gitignore", root / ".gitignore")
+    # committed: DAG runs start from the project's HEAD (git worktrees of it)
+    identity = ["-c", "user.name=fgclip tests", "-c", "user.email=tests@fgclip.invalid"]
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", *identity, "commit", "-q", "-m", "workspace"],
+    ):
         result = subprocess.run(command, cwd=root, env=tool_env(), capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")

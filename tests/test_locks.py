@@ -24,6 +24,7 @@ TEST_ONLY = {
     "import-linter",
     "pre-commit",
     "types-pyyaml",
+    "playwright",
 }
 
 

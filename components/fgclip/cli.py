@@ -44,6 +44,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="fgclip", description="FG-CLIP data building, training and evaluation components"
     )
     parser.add_argument(
+        "-C",
+        "--chdir",
+        default=None,
+        metavar="DIR",
+        help="run in DIR, as if started there (a DAG run's workspace: its params.yaml and paths)",
+    )
+    parser.add_argument(
         "--params", default="params.yaml", help="params file (default: params.yaml; missing -> defaults)"
     )
     parser.add_argument(
@@ -77,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    if args.chdir:
+        os.chdir(args.chdir)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

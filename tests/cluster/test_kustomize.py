@@ -25,7 +25,7 @@ SETTINGS = Params().kubernetes
 # Created at deploy time with kubectl (k8s/README.md), so referenced but never rendered.
 DEPLOY_TIME_SECRETS = {"fgclip-s3", "fgclip-postgres", "fgclip-mlflow-db"}
 DEPLOY_TIME_CONFIGMAPS = {"fgclip-params"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterTrainingRuntime"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterTrainingRuntime", "RuntimeClass"}
 
 
 @cache
@@ -82,7 +82,8 @@ def test_every_document_validates_strictly(overlay):
 def test_one_namespace_and_namespaced_rbac(overlay, namespace):
     docs = render(overlay)
     assert [doc["metadata"]["name"] for doc in by_kind(overlay, "Namespace")] == [namespace]
-    assert not {doc["kind"] for doc in docs} & (CLUSTER_SCOPED - {"Namespace"})
+    # nothing cluster-wide but the namespace (and the npu overlay's RuntimeClass, which grants nothing)
+    assert not {doc["kind"] for doc in docs} & (CLUSTER_SCOPED - {"Namespace", "RuntimeClass"})
     for doc in docs:
         if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == namespace, (doc["kind"], doc["metadata"]["name"])
@@ -100,6 +101,8 @@ def test_airflow_role_covers_pods_and_trainjobs_and_nothing_secret(overlay):
                 allowed.setdefault((group, resource), set()).update(rule["verbs"])
     assert {"create", "get", "watch", "delete"} <= allowed[("", "pods")]
     assert "get" in allowed[("", "pods/log")]
+    # the pod operator reads a control pod's XCom through its sidecar: an exec
+    assert {"create", "get"} <= allowed[("", "pods/exec")]
     assert {"create", "get", "delete"} <= allowed[("trainer.kubeflow.org", "trainjobs")]
     assert not any(resource in ("secrets", "*") or "*" in verbs for (_, resource), verbs in allowed.items())
     runner = one(overlay, "ServiceAccount", SETTINGS.service_account)
@@ -174,21 +177,21 @@ def test_accelerator_specific_parts():
     npu_pod, gpu_pod, dev_pod = runtime_pod("npu"), runtime_pod("gpu"), runtime_pod("dev")
     assert runtime("npu")["spec"]["podGroupPolicy"] == {"volcano": {}}
     assert npu_pod["schedulerName"] == SETTINGS.pools["npu"].scheduler_name
-    assert "podGroupPolicy" not in runtime("gpu")["spec"] and "schedulerName" not in gpu_pod
+    # gang scheduling for the GPU pool too: all nodes of a TrainJob start together or none does
+    assert runtime("gpu")["spec"]["podGroupPolicy"] == {"volcano": {}} and gpu_pod["schedulerName"] == "volcano"
+    assert "podGroupPolicy" not in runtime("dev")["spec"]
+    assert npu_pod["runtimeClassName"] == "ascend" and "runtimeClassName" not in gpu_pod
     assert npu_pod["containers"][0]["image"] == SETTINGS.images["npu"]
     assert gpu_pod["containers"][0]["image"] == SETTINGS.images["gpu"]
     assert dev_pod["containers"][0]["image"] == SETTINGS.images["cpu"]
     for overlay in OVERLAYS:
         assert runtime(overlay)["spec"]["mlPolicy"]["torch"]
         assert runtime_pod(overlay)["containers"][0]["workingDir"] == SETTINGS.workspace_path
-    # hostPath mounts of the Ascend driver need a namespace that admits them; the others stay baseline.
+    # no overlay makes the namespace privileged: the NPU driver comes with the RuntimeClass
     labels = {overlay: by_kind(overlay, "Namespace")[0]["metadata"]["labels"] for overlay in OVERLAYS}
-    assert labels["npu"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    assert (
-        labels["gpu"]["pod-security.kubernetes.io/enforce"]
-        == labels["dev"]["pod-security.kubernetes.io/enforce"]
-        == "baseline"
-    )
+    assert {label["pod-security.kubernetes.io/enforce"] for label in labels.values()} == {"baseline"}
+    (ascend,) = by_kind("npu", "RuntimeClass")
+    assert ascend["metadata"]["name"] == SETTINGS.pools["npu"].runtime_class_name == "ascend"
     assert one("dev", "PersistentVolumeClaim", "fgclip-workspace")["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert one("gpu", "PersistentVolumeClaim", "fgclip-workspace")["spec"]["accessModes"] == ["ReadWriteMany"]
 
@@ -204,3 +207,19 @@ def test_airflow_values_point_at_this_dag_folder():
     assert values["workers"]["serviceAccount"] == {"create": False, "name": "fgclip-airflow"}
     tag = values["images"]["airflow"]["tag"]
     assert tag.startswith(values["airflowVersion"]) and "latest" not in tag
+
+
+def test_the_workspace_checkout_job_validates_and_clones_as_the_runner():
+    (job,) = yaml.safe_load_all((K8S / "jobs" / "workspace-checkout.yaml").read_text())
+    validate_document(job)
+    pod = job["spec"]["template"]["spec"]
+    assert (
+        pod["securityContext"]["runAsUser"] == SETTINGS.run_as_user
+        and pod["serviceAccountName"] == SETTINGS.service_account
+    )
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == SETTINGS.workspace_claim
+    (container,) = pod["containers"]
+    assert container["volumeMounts"][0]["mountPath"] == SETTINGS.workspace_path
+    script = container["args"][0]
+    assert "git fetch" in script and "git checkout" in script and "reset --hard" not in script

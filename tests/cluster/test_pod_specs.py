@@ -5,6 +5,7 @@ image, resources, node selector, tolerations, scheduler and volumes."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -19,6 +20,7 @@ from fgclip.orchestration.kubernetes import (  # noqa: E402
     build_pod_spec,
     fgclip_arguments,
     pod_operator_kwargs,
+    to_dict,
 )
 from tests.cluster.k8s_schema import validate_core  # noqa: E402
 
@@ -105,7 +107,10 @@ def test_pools_differ_where_they_should():
     assert container_of(npu)["resources"]["limits"]["huawei.com/Ascend910"] == "1"
     assert npu["spec"]["schedulerName"] == "volcano"
     assert {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"} in npu["spec"]["tolerations"]
-    assert {v["name"] for v in npu["spec"]["volumes"]} >= {"ascend-driver", "ascend-dcmi", "npu-smi"}
+    # the driver comes with the `ascend` RuntimeClass of NPU pods only, never a hostPath
+    assert npu["spec"]["runtimeClassName"] == "ascend"
+    assert not any("hostPath" in v for pod in (npu, gpu, cpu) for v in pod["spec"]["volumes"])
+    assert "runtimeClassName" not in gpu["spec"] and "runtimeClassName" not in cpu["spec"]
     assert container_of(gpu)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert "schedulerName" not in gpu["spec"]
@@ -204,3 +209,37 @@ def test_invalid_pod_is_caught_by_strict_validation():
 def test_bad_kubernetes_settings_are_rejected(update, message):
     with pytest.raises(ValidationError, match=message):
         Params.model_validate({"kubernetes": update})
+
+
+def test_a_shard_group_pod_runs_its_group_in_the_runs_workspace(tmp_path, monkeypatch):
+    """What a mapped pod of a fanned-out stage runs once Airflow has rendered it: the stage's
+    dvc.yaml command in the run's workspace, with its shard group and the group's own report."""
+    from jinja2 import Environment
+
+    from fgclip.orchestration.kubernetes import _OFFLINE_KUBECONFIG
+    from fgclip.orchestration.pipeline import load_project
+    from fgclip.orchestration.tasks.common import dag_macros
+    from fgclip.orchestration.tasks.pods import ShardGroupPodOperator, kubernetes_task
+    from tests.conftest import REPO_ROOT
+
+    project = load_project(REPO_ROOT, committed=True)
+    stage = project.pipeline.stage("detect")
+    operator = kubernetes_task(project, stage, ["00004", "00005"])
+    assert isinstance(operator, ShardGroupPodOperator) and operator.pool == "fgclip-gpu"
+    config = tmp_path / "kubeconfig"
+    config.write_text(_OFFLINE_KUBECONFIG)
+    operator.config_file, operator.in_cluster = str(config), False
+    run = SimpleNamespace(dag_id="fgclip_data_build")
+    prepared = SimpleNamespace(xcom_pull=lambda task_ids: {"parent_run_id": "run-of-the-dag-run"})
+    context = {"dag": run, "run_id": "manual__2026-01-02T03:04:05+00:00", "ti": prepared, **dag_macros()}
+    operator.render_template_fields(context, Environment())
+    args = operator.arguments
+    assert args[:2] == ["-C", "/workspace/.fgclip/runs/fgclip_data_build/manual__2026-01-02T03_04_05_00_00"]
+    assert args[2:] == stage.command(["00004", "00005"])[1:]
+    assert args[-3:] == ["--shards", "00004", "00005"] and ".fgclip/groups/detect/00004-00005.json" in args
+    assert operator.labels["fgclip.io/shard-group"] == "00004-00005" and context["shard_group"] == "00004-00005"
+    pod = to_dict(operator.build_pod_request_obj())
+    validate_core(pod)
+    assert container_of(pod)["args"] == args
+    env = {item["name"]: item.get("value") for item in container_of(pod)["env"]}
+    assert env["FGCLIP_MLFLOW_PARENT_RUN"] == "run-of-the-dag-run"  # nested under the DAG run's MLflow run

@@ -6,6 +6,8 @@ these tests use): it records what is created and replays a scripted sequence of 
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from fgclip.config import Params
 from fgclip.orchestration.trainjob import (
     JOBSET_NAME_LABEL,
     TrainJobOperator,
+    TrainJobTrigger,
     training_component,
     trainjob_manifest,
     trainjob_verdict,
@@ -104,12 +107,43 @@ def test_trainjob_lands_on_the_pool_with_explicit_processes(pool, resource):
     assert manifest["metadata"]["namespace"] == settings.namespace
 
 
-def test_npu_trainjob_mounts_the_ascend_driver():
-    pod = node_pod(trainjob_manifest(STAGE2, SETTINGS, 2, "fgclip-stage2"))
-    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
-    assert volumes["ascend-driver"]["hostPath"]["path"] == "/usr/local/Ascend/driver"
-    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert mounts["ascend-driver"]["readOnly"] is True
+def test_npu_trainjob_needs_no_host_mounts_and_tells_910a_from_910b():
+    """The driver comes from the npu overlay's `ascend` RuntimeClass, not a hostPath; the pool
+    preset picks the chip generation by the device plugin's accelerator-type label."""
+    for pool, chip in (("npu", "module-910b-8"), ("npu910a", "module")):
+        settings = SETTINGS.model_copy(update={"component_pools": {**SETTINGS.component_pools, "train_stage2": pool}})
+        pod = node_pod(trainjob_manifest(STAGE2, settings, 2, "fgclip-stage2"))
+        assert not [volume for volume in pod["spec"]["volumes"] if "hostPath" in volume], pool
+        assert pod["spec"]["nodeSelector"]["accelerator-type"] == chip
+        assert pod["spec"]["nodeSelector"]["accelerator"] == "huawei-Ascend910"
+
+
+def test_trainjob_has_its_own_deadline_and_works_in_the_runs_workspace():
+    manifest = trainjob_manifest(
+        STAGE1, SETTINGS, 2, "fgclip-s1", workdir="/workspace/.fgclip/runs/d/r", env={"FGCLIP_MLFLOW_PARENT_RUN": "abc"}
+    )
+    validate_trainjob(manifest)
+    assert manifest["spec"]["activeDeadlineSeconds"] == int(SETTINGS.trainer.timeout_s)
+    args = manifest["spec"]["trainer"]["args"]
+    assert args[2:4] == ["-C", "/workspace/.fgclip/runs/d/r"] and "--params" not in args
+    assert {"name": "FGCLIP_MLFLOW_PARENT_RUN", "value": "abc"} in manifest["spec"]["trainer"]["env"]
+
+
+def test_each_try_gets_a_trainjob_of_its_own_name():
+    """A retry must never attach to the TrainJob that failed: the name holds the try number."""
+    from jinja2 import Environment
+
+    from fgclip.orchestration.tasks.pods import TRAINJOB_NAME
+    from fgclip.orchestration.trainjob import check_trainjob_name
+
+    template = Environment().from_string(TRAINJOB_NAME.format(stage="train-stage2"))
+    run = SimpleNamespace(run_after=datetime(2026, 12, 3, 10, 0, 0, 123456))
+    names = {template.render(dag_run=run, ti=SimpleNamespace(try_number=n)) for n in (1, 2, 3)}
+    assert len(names) == 3
+    for name in names:
+        check_trainjob_name(name)
+    other = SimpleNamespace(run_after=datetime(2026, 12, 3, 10, 0, 0, 123457))
+    assert template.render(dag_run=other, ti=SimpleNamespace(try_number=1)) not in names
 
 
 def test_trainjob_references_the_runtime_k8s_installs():
@@ -195,7 +229,7 @@ def operator(api, core=None, **kwargs) -> TrainJobOperator:
         custom_objects_api=api,
         core_api=core or FakeCore(),
         poll_interval_s=0.01,
-        **kwargs,
+        **{"deferrable": False, **kwargs},
     )
 
 
@@ -263,6 +297,7 @@ def test_operator_takes_the_node_count_at_run_time():
         num_nodes="{{ params.num_nodes }}",
         custom_objects_api=api,
         core_api=FakeCore(),
+        deferrable=False,
     )
     assert "num_nodes" in task.template_fields
     task.num_nodes = "5"  # what Airflow renders the template to
@@ -290,9 +325,57 @@ def test_templated_name_is_checked_once_rendered():
         name="fgclip-s1-{{ ti.try_number }}",
         custom_objects_api=api,
         core_api=FakeCore(),
+        deferrable=False,
     )
     task.manifest["metadata"]["name"] = "fgclip-s1-2"  # rendered
     assert task.execute(context={}) == "fgclip-s1-2"
     task.manifest["metadata"]["name"] = "fgclip_s1_2"
     with pytest.raises(AirflowException, match="DNS label"):
         task.execute(context={})
+
+
+def test_the_wait_is_deferred_so_no_worker_slot_is_held(capsys):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    api = FakeTrainer([{"conditions": [condition("Complete", "JobsCompleted", "done")]}])
+    task = operator(api, timeout_s=3600, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context={})
+    assert api.created == [task.manifest] and api.gets == 0  # created, then handed to the triggerer
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, TrainJobTrigger) and deferred.value.method_name == "execute_complete"
+    assert deferred.value.timeout.total_seconds() == 3600
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "fgclip.orchestration.trainjob_status.TrainJobTrigger" and kwargs["name"] == "fgclip-s1"
+    # back from the trigger
+    assert task.execute_complete({}, {"state": "Complete", "detail": "done"}) == "fgclip-s1"
+    with pytest.raises(AirflowException, match="failed: JobsFailed: NCCL timeout"):
+        task.execute_complete({}, {"state": "Failed", "detail": "JobsFailed: NCCL timeout"})
+
+
+def test_the_trigger_polls_until_the_trainjob_finishes():
+    statuses = [{}, {"conditions": [{"type": "Created", "status": "True"}]}, {"conditions": [condition("Failed", "X")]}]
+    seen: list[str] = []
+
+    async def fetch(name: str, namespace: str) -> dict:
+        seen.append(name)
+        return {"status": statuses[min(len(seen) - 1, len(statuses) - 1)]}
+
+    async def first_event(trigger: TrainJobTrigger):
+        async for event in trigger.run():
+            return event.payload
+
+    trigger = TrainJobTrigger("fgclip-s1", "fgclip", poll_interval_s=0.01, fetch=fetch)
+    assert asyncio.run(first_event(trigger)) == {
+        "state": "Failed",
+        "detail": "X",
+        "name": "fgclip-s1",
+        "namespace": "fgclip",
+    }
+    assert len(seen) == 3
+
+    async def broken(name: str, namespace: str) -> dict:
+        raise ConnectionError("api server unreachable")
+
+    event = asyncio.run(first_event(TrainJobTrigger("fgclip-s1", "fgclip", fetch=broken)))
+    assert event["state"] == "Error" and "unreachable" in event["detail"]

@@ -7,21 +7,7 @@ from __future__ import annotations
 from fgclip.config import Params
 from fgclip.orchestration.trainjob import trainjob_manifest
 from rehearsal.trainjob import COMPLETION_INDEX, load_runtime, master_address, merge, node_pods, with_master_alias
-
-STAGE1 = [
-    "fgclip",
-    "train",
-    "--stage",
-    "1",
-    "--init",
-    "models/base",
-    "--images",
-    "data/demo/train/images",
-    "--captions",
-    "data/build/captions",
-    "--out",
-    "models/stage1",
-]
+from tests.cluster.test_trainjob import STAGE1
 
 
 def _pods(nodes: int = 2):

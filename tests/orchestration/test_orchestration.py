@@ -1,8 +1,9 @@
 """The orchestration core without Airflow: dvc.yaml reading, shard groups, the subprocess
-runner, params edits from the trigger form, form fields and dataset version ids."""
+runner, a run's params from the trigger form, form fields and dataset version ids."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -10,12 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fgclip.config import load_params
-from fgclip.orchestration import control, form, process
+from fgclip.orchestration import form, process, runs
 from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.dataset import version_id
+from fgclip.orchestration.gitrepo import RunError
 from fgclip.orchestration.pipeline import PipelineError, group_label, load_pipeline, shard_groups
 
 DVC_YAML = """
@@ -221,12 +222,10 @@ def test_command_env_fills_s3_defaults_but_never_overrides_the_environment() -> 
     assert "AWS_ACCESS_KEY_ID" not in env
 
 
-def test_form_values_land_in_params_yaml_keeping_its_comments(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("# the knobs\nqc:\n  sample_size: 400  # items\n  max_noise_upper: 0.05\n")
-    before = (tmp_path / "params.yaml").stat().st_mtime_ns
-    assert control.apply_params(tmp_path, {"qc.sample_size": 400}) == {}
-    assert (tmp_path / "params.yaml").stat().st_mtime_ns == before, "an unchanged value rewrote the file"
-    changed = control.apply_params(tmp_path, {"qc.sample_size": 40, "recaption.backend": "demo"})
+def test_form_values_land_in_the_runs_params_keeping_its_comments(tmp_path: Path) -> None:
+    base = "# the knobs\nqc:\n  sample_size: 400  # items\n  max_noise_upper: 0.05\n"
+    assert runs.write_params(tmp_path, base, {"qc.sample_size": 400}) == {}
+    changed = runs.write_params(tmp_path, base, {"qc.sample_size": 40, "recaption.backend": "demo"})
     assert changed == {"qc.sample_size": 40}
     text = (tmp_path / "params.yaml").read_text()
     assert "# the knobs" in text and "# items" in text
@@ -237,10 +236,17 @@ def test_form_values_land_in_params_yaml_keeping_its_comments(tmp_path: Path) ->
     "values, message", [({"qc.max_noise_upper": 2.0}, "not valid"), ({"qc.no_such_knob": 1}, "no key")]
 )
 def test_bad_form_values_are_refused_before_anything_is_written(tmp_path: Path, values, message) -> None:
-    (tmp_path / "params.yaml").write_text("qc:\n  sample_size: 400\n")
-    with pytest.raises(control.ControlError, match=message):
-        control.apply_params(tmp_path, values)
-    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == {"qc": {"sample_size": 400}}
+    with pytest.raises(RunError, match=message):
+        runs.write_params(tmp_path, "qc:\n  sample_size: 400\n", values)
+    assert not (tmp_path / "params.yaml").exists()
+
+
+def test_an_empty_form_field_keeps_the_committed_value() -> None:
+    values = {"recaption_openai_model": None, "recaption_hf_model": None, "qc_sample_size": 9}
+    keys = ["recaption.openai.model", "recaption.hf.model", "qc.sample_size"]
+    # openai.model is a plain string: empty keeps params.yaml's; hf.model may be null
+    assert form.overrides(values, keys) == {"recaption.hf.model": None, "qc.sample_size": 9}
+    assert form.drop_empty({"negatives.openai.model": None, "negatives.count": 3}) == {"negatives.count": 3}
 
 
 def test_form_fields_carry_the_configs_types_choices_and_bounds() -> None:
@@ -261,3 +267,53 @@ def test_a_dataset_version_names_the_data_not_the_order() -> None:
     assert version_id(outs) == version_id(dict(reversed(list(outs.items()))))
     assert version_id(outs) != version_id({**outs, "data/b": "3" * 32 + ".dir"})
     assert version_id(outs).startswith("ds-")
+
+
+def test_a_command_runs_in_this_process_in_its_folder_with_its_environment(tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def main(argv: list[str]) -> int:
+        seen.update(argv=argv, cwd=os.getcwd(), env=os.environ.get("FGCLIP_PROBE"))
+        return 0 if argv[0] == "ok" else 2
+
+    before = (os.getcwd(), dict(os.environ))
+    result = process.run_in_process(
+        main, ["fgclip", "ok", "--x"], cwd=tmp_path, env={**os.environ, "FGCLIP_PROBE": "1"}
+    )
+    assert seen == {"argv": ["ok", "--x"], "cwd": str(tmp_path), "env": "1"}
+    assert result.returncode == 0 and (os.getcwd(), dict(os.environ)) == before
+    with pytest.raises(process.StageFailed, match="exited with code 2") as failed:
+        process.run_in_process(main, ["fgclip", "bad"], cwd=tmp_path, env=dict(os.environ))
+    assert failed.value.retryable is False and (os.getcwd(), dict(os.environ)) == before
+
+
+def test_the_preloaded_modules_exist() -> None:
+    from fgclip.orchestration import preload
+
+    assert preload.preload(("fgclip.orchestration.tasks.graph",)) >= 0.0
+    for name in preload.PRELOAD:
+        assert importlib.util.find_spec(name) is not None, name
+
+
+def test_a_retried_training_resumes_and_other_stages_run_as_dvc_yaml_says(tmp_path: Path) -> None:
+    """A retry of a training task continues from the checkpoints its failed try left: without
+    `--resume` the trainer refuses a folder that holds checkpoints, and the retry fails at once."""
+    from fgclip.orchestration.pipeline import load_project
+    from tests.conftest import REPO_ROOT
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO_ROOT / name).read_text())
+    project = load_project(tmp_path)
+    seen: list[list[str]] = []
+
+    def main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 0
+
+    train, qc = project.pipeline.stage("train_stage1"), project.pipeline.stage("qc")
+    for stage, retry in ((train, False), (train, True), (qc, True)):
+        result = process.run_stage_locally(project, stage, main=main, retry=retry)
+        assert result["cmd"][1:] == seen[-1]
+    assert seen[0] == train.argv[1:] and "--resume" not in seen[0]
+    assert seen[1] == [*train.argv[1:], "--resume"]
+    assert seen[2] == qc.argv[1:]

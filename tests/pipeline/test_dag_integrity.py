@@ -82,10 +82,12 @@ def test_trigger_forms_have_typed_validated_fields(dagbag) -> None:
 
     for dag in dagbag.dags.values():
         assert dag.params, f"{dag.dag_id} has no trigger form"
+        assert dag.description, f"{dag.dag_id} has no description"
         for name in dag.params:
             param = dag.params.get_param(name)
             assert param.schema.get("type"), f"{dag.dag_id}.{name} has no type"
             assert param.schema.get("title") and param.description, f"{dag.dag_id}.{name} is not labelled"
+            assert param.schema.get("section"), f"{dag.dag_id}.{name} is in no form section"
             param.resolve(suppress_exception=False)  # the default passes its own schema
     data = dagbag.dags["fgclip_data_build"].params
     with pytest.raises(ParamValidationError):
@@ -93,36 +95,66 @@ def test_trigger_forms_have_typed_validated_fields(dagbag) -> None:
     with pytest.raises(ParamValidationError):
         data.get_param("recaption_backend").resolve(value="no-such-backend")
     train = dagbag.dags["fgclip_train"].params
-    assert {"dataset_version", "num_nodes", "train_recipe"} <= set(train)
+    assert {"dataset_version", "num_nodes", "train_recipe", "registry_require_approval"} <= set(train)
     with pytest.raises(ParamValidationError):
         train.get_param("num_nodes").resolve(value=0)
     with pytest.raises(ParamValidationError):
         train.get_param("dataset_version").resolve(value="v1; rm -rf /")
 
 
-def test_data_build_fans_out_per_shard_group_and_emits_the_dataset_asset(dagbag) -> None:
+def test_the_form_submits_as_it_opens_whatever_backend_is_chosen(dagbag) -> None:
+    """The fields of unselected backends (an endpoint's model name, a hub id) may stay empty,
+    and every section of the data form shows."""
+    data = dagbag.dags["fgclip_data_build"].params
+    for name in ("recaption_openai_model", "negatives_openai_model", "recaption_hf_model", "detect_owlv2_model"):
+        param = data.get_param(name)
+        assert "null" in param.schema["type"], f"{name} cannot be left empty"
+        assert param.resolve(value=None, suppress_exception=False) is None
+    sections = {data.get_param(name).schema["section"] for name in data}
+    assert {"Data source", "Recaption backend", "Detect backend", "Negatives backend", "Quality control"} <= sections
+
+
+def _task_ids(dag, prefix: str = "") -> set[str]:
+    return {task.task_id for task in dag.tasks if task.task_id.startswith(prefix)}
+
+
+def test_data_build_flows_each_shard_group_through_its_own_task_group(dagbag) -> None:
     dag = dagbag.dags["fgclip_data_build"]
-    mapped = {
-        task.task_id
-        for task in dag.tasks
-        if getattr(task, "is_mapped", False) or type(task).__name__.startswith("Mapped")
-    }
-    assert mapped == {"recaption", "detect", "negatives"}
-    for task_id in mapped:
+    group = dag.task_group.children["shard_group"]
+    assert type(group).__name__ == "MappedTaskGroup", "the fanned-out stages are not one mapped task group"
+    inside = {"shard_group.recaption", "shard_group.detect", "shard_group.negatives"}
+    assert _task_ids(dag, "shard_group.") == inside
+    for task_id in inside:
         assert dag.get_task(task_id).map_index_template, f"{task_id} mapped tasks are not labelled in the UI"
+    # within a group, each stage waits only for the one before it in the same group
+    # (shard_groups feeds every mapped task its group)
+    assert dag.get_task("shard_group.detect").upstream_task_ids - {"shard_groups"} == {"shard_group.recaption"}
+    assert dag.get_task("shard_group.negatives").upstream_task_ids - {"shard_groups"} == {"shard_group.detect"}
+    assert dag.get_task("merge_reports").upstream_task_ids >= {"shard_group.negatives"}
+    assert "merge_reports" in dag.get_task("qc").upstream_task_ids
     publish = dag.get_task("publish")
     assert [outlet.name for outlet in publish.outlets] == ["fgclip_dataset"]
-    assert dag.schedule is None and dag.max_active_runs == 1
+    assert dag.schedule is None and dag.max_active_runs > 1  # runs work in their own workspaces
+    pools = {dag.get_task(task_id).pool for task_id in inside}
+    assert pools <= {"fgclip-npu", "fgclip-gpu", "fgclip-cpu"} and "fgclip-gpu" in pools, pools
 
 
-def test_train_is_scheduled_on_the_dataset_asset_and_gates_promotion(dagbag) -> None:
+def test_train_edges_follow_the_stages_dependencies(dagbag) -> None:
     dag = dagbag.dags["fgclip_train"]
     assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["fgclip_dataset"]
     resolve = dag.get_task("resolve_dataset")
     assert [inlet.name for inlet in resolve.inlets] == ["fgclip_dataset"]
+    # eval of stage 1 runs beside stage 2, not after it
+    assert dag.get_task("eval_stage1").upstream_task_ids == {"train_stage1"}
+    assert dag.get_task("train_stage2").upstream_task_ids == {"train_stage1"}
+    assert dag.get_task("eval_stage2").upstream_task_ids == {"train_stage2"}
+    assert "eval_stage1" not in dag.get_task("train_stage2").get_flat_relative_ids(upstream=True)
     gate = dag.get_task("promotion_gate")
-    assert {t.task_id for t in gate.downstream_list} == {"champion_promoted", "champion_kept"}
+    assert {t.task_id for t in gate.downstream_list} == {"champion_promoted", "champion_kept", "approve_champion"}
+    assert type(dag.get_task("approve_champion")).__name__ == "ApprovalOperator"
+    assert dag.get_task("promote_champion").upstream_task_ids == {"approve_champion", "registry_decision"}
     assert "register" in gate.get_flat_relative_ids(upstream=True)
+    assert dag.on_success_callback and dag.on_failure_callback, "the run's MLflow run is never closed"
 
 
 def test_the_kubernetes_runtime_parses_without_a_cluster(monkeypatch) -> None:
@@ -131,13 +163,17 @@ def test_the_kubernetes_runtime_parses_without_a_cluster(monkeypatch) -> None:
     assert bag.import_errors == {}, "\n".join(bag.import_errors.values())
     data = bag.dags["fgclip_data_build"]
     kinds = {task.task_id: type(task).__name__ for task in data.tasks}
-    for stage in ("dataset", "qc"):
+    for stage in ("dataset", "qc", "prepare", "publish"):
         assert "KubernetesPod" in kinds[stage], kinds
     for stage in ("recaption", "detect", "negatives"):
-        assert "Mapped" in kinds[stage] or "KubernetesPod" in kinds[stage], kinds
+        assert kinds[f"shard_group.{stage}"] == "ShardGroupPodOperator", kinds
+    train = bag.dags["fgclip_train"]
+    assert type(train.get_task("train_stage1")).__name__ == "TrainJobOperator"
 
 
-def test_kubernetes_pods_get_the_forms_values_as_valid_set_flags(monkeypatch) -> None:
+def test_kubernetes_pods_work_in_the_runs_workspace(monkeypatch) -> None:
+    """Every stage pod runs `fgclip -C <the run's workspace>` (its params.yaml holds the form's
+    values); the prepare pod gets the form's values as valid --set flags."""
     from fgclip.config import load_params, parse_override
 
     monkeypatch.setenv("FGCLIP_RUNTIME", "kubernetes")
@@ -145,7 +181,11 @@ def test_kubernetes_pods_get_the_forms_values_as_valid_set_flags(monkeypatch) ->
     form = {name: dag.params[name] for name in dag.params}
     form["qc_max_noise_upper"] = 0.125  # what a person typed into the form
     env = dag.get_template_env()
-    cmds = [env.from_string(part).render(params=form) for part in dag.get_task("qc").cmds]
-    overrides = dict(parse_override(cmds[i + 1]) for i, word in enumerate(cmds) if word == "--set")
+    context = {"params": form, "dag": dag, "run_id": "manual__2026-01-02T03:04:05+00:00", **dag.user_defined_macros}
+    qc = [env.from_string(part).render(**context) for part in dag.get_task("qc").arguments]
+    assert qc[:2] == ["-C", "/workspace/.fgclip/runs/fgclip_data_build/manual__2026-01-02T03_04_05_00_00"], qc
+    assert "--params" not in qc and "--set" not in qc
+    prepare = [env.from_string(part).render(**context) for part in dag.get_task("prepare").arguments]
+    overrides = dict(parse_override(prepare[i + 1]) for i, word in enumerate(prepare) if word == "--set")
     assert overrides["qc.max_noise_upper"] == 0.125 and overrides["qc.sample_size"] == form["qc_sample_size"]
-    load_params(REPO_ROOT / "params.yaml", overrides)  # every rendered value is a valid param
+    load_params(REPO_ROOT / "params.yaml", {k: v for k, v in overrides.items() if v is not None})

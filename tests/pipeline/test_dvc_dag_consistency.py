@@ -68,10 +68,32 @@ def dags(tmp_path_factory):
     return bag.dags
 
 
+def _stage_of(task_id: str, project) -> str | None:
+    """The stage a task runs (a fanned-out stage's task sits in the shard-group task group)."""
+    names = {stage.task_id: stage.name for stage in project.pipeline.stages}
+    return names.get(task_id.rsplit(".", 1)[-1])
+
+
+def _task_id(dag, project, name: str) -> str:
+    return next(task.task_id for task in dag.tasks if _stage_of(task.task_id, project) == name)
+
+
 def _stage_order(dag, project) -> list[str]:
     """The stages `dag` runs, in its dependency order (control tasks in between skipped)."""
-    stage_of = {stage.task_id: stage.name for stage in project.pipeline.stages}
-    return [stage_of[task.task_id] for task in dag.topological_sort() if task.task_id in stage_of]
+    return [_stage_of(task.task_id, project) for task in dag.topological_sort() if _stage_of(task.task_id, project)]
+
+
+def _dvc_command(dvc_stages, stage, shards) -> list[str]:
+    """DVC's command of the stage, as a shard group runs it: its shards appended, its counts
+    in the group's own report (merged into the stage's by merge_reports)."""
+    from fgclip.orchestration.pipeline import group_report
+
+    argv = shlex.split(dvc_stages[stage.name]["cmd"])
+    if not shards:
+        return argv
+    if "--report" in argv:
+        argv[argv.index("--report") + 1] = group_report(stage.name, shards)
+    return [*argv, "--shards", *shards]
 
 
 def test_our_reader_sees_dvc_yaml_as_dvc_does(dvc_stages, project) -> None:
@@ -93,11 +115,10 @@ def test_every_stage_runs_in_exactly_one_dag_in_dvc_order(dags, dvc_stages, proj
     assert data == [s.name for s in project.data_stages()]
     assert train == [s.name for s in project.train_stages()]
     assert sorted(data + train) == sorted(names), "a dvc.yaml stage is in no DAG, or in both"
-    stage_of = {stage.task_id: stage.name for stage in project.pipeline.stages}
     for dag, order in ((dags[DATA_DAG], data), (dags[TRAIN_DAG], train)):
         for name in order:  # every stage DVC runs first is upstream of it in the DAG as well
-            task = dag.get_task(project.pipeline.stage(name).task_id)
-            upstream = {stage_of.get(task_id) for task_id in task.get_flat_relative_ids(upstream=True)}
+            task = dag.get_task(_task_id(dag, project, name))
+            upstream = {_stage_of(task_id, project) for task_id in task.get_flat_relative_ids(upstream=True)}
             assert dvc_stages[name]["upstream"] & set(order) <= upstream, f"{dag.dag_id}.{name}"
     # the train DAG's stages read only what the data DAG's stages (or they themselves) write
     for name in train:
@@ -114,8 +135,7 @@ def test_the_local_runtime_runs_exactly_the_dvc_command(dvc_stages, project, mon
     for stage in project.pipeline.stages:
         shards = ["00003", "00004"] if stage.fan_out else None
         result = process.run_stage_locally(project, stage, shards)
-        expected = shlex.split(dvc_stages[stage.name]["cmd"]) + (["--shards", *shards] if shards else [])
-        assert ran[-1] == expected == result["cmd"], stage.name
+        assert ran[-1] == _dvc_command(dvc_stages, stage, shards) == result["cmd"], stage.name
 
 
 def test_fanned_out_stages_take_a_shard_group(project) -> None:
@@ -144,18 +164,19 @@ def test_the_trigger_forms_set_params_their_stages_track(dags, dvc_stages, proje
             value = params
             for part in key.split("."):
                 value = value[part]
-            assert dag.params[titles[key]] == value, f"{dag_id}: {key} default differs from params.yaml"
+            # an empty committed text opens as an empty (null) field
+            assert dag.params[titles[key]] == (None if value == "" else value), f"{dag_id}: {key} default differs"
 
 
 def test_kubernetes_pods_run_the_dvc_command_too(dvc_stages, project) -> None:
-    from fgclip.orchestration.tasks import stages
+    from fgclip.orchestration.tasks.pods import stage_pod_kwargs, workdir
 
     for stage in project.pipeline.stages:
         if stage.component == "train":
             continue  # a TrainJob: tests/cluster checks its command
         shards = ["00007"] if stage.fan_out else None
-        kwargs = stages._pod_kwargs(project, stage, shards)
-        expected = shlex.split(dvc_stages[stage.name]["cmd"]) + (["--shards", *shards] if shards else [])
-        assert kwargs["cmds"][0] == expected[0] and kwargs["arguments"] == expected[1:], stage.name
-        extra = kwargs["cmds"][1:]  # only global options: --params FILE and --set KEY=VALUE pairs
-        assert all(extra[i] in ("--params", "--set") for i in range(0, len(extra), 2)), extra
+        kwargs = stage_pod_kwargs(project, stage, shards)
+        expected = _dvc_command(dvc_stages, stage, shards)
+        # the image's entrypoint is `fgclip`; it runs in the DAG run's workspace (its params.yaml)
+        assert expected[0] == "fgclip" and "cmds" not in kwargs, stage.name
+        assert kwargs["arguments"] == ["-C", workdir(project), *expected[1:]], stage.name

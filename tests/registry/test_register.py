@@ -437,3 +437,51 @@ def test_registry_on_a_live_mlflow_server(model_dir, mlflow_server, tmp_path, mo
     mlflow.set_tracking_uri(mlflow_server)
     served = mlflow.pyfunc.load_model("models:/remote@champion")
     assert served.predict(pd.DataFrame({"text": ["a green triangle"]})).shape == (1, 8)
+
+
+# ------------------------------------------------------------ lineage, files, approval
+
+
+def test_the_model_is_registered_from_its_training_run_without_optimiser_states(model_dir, sqlite_uri, tmp_path):
+    """A trained model folder (the trainer's summary names its MLflow run, checkpoints beside
+    the Hugging Face files): its version's run is the training run, its artifact the Hugging
+    Face files alone, with an input example."""
+    folder = tmp_path / "stage2"
+    shutil.copytree(model_dir, folder)
+    (folder / "checkpoints" / "step-10").mkdir(parents=True)
+    (folder / "checkpoints" / "step-10" / "optim_states.pt").write_bytes(b"\0" * 1024)
+    mlflow.set_tracking_uri(sqlite_uri)
+    mlflow.set_experiment("fgclip-train")
+    with mlflow.start_run(run_name="train-stage2") as training:
+        mlflow.set_tag("component", "train")
+    (folder / "training.json").write_text(json.dumps({"stage": 2, "mlflow_run_id": training.info.run_id}))
+
+    result = _register(folder, _metrics(tmp_path, "m", fgovd_demo_top1=0.4, box_cls_top1=0.3), sqlite_uri, "lineage")
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    version = client.get_model_version("lineage", result.version)
+    assert version.run_id == training.info.run_id == result.training_run_id
+    assert client.get_run(training.info.run_id).data.tags["component"] == "train"
+    assert client.get_run(result.run_id).data.tags["training.run_id"] == training.info.run_id
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp_path / "dl")))
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert any(name.endswith("fgclip_model/config.json") for name in files), files
+    assert any(name.endswith("fgclip_model/training.json") for name in files)
+    weights = [name for name in files if not name.startswith("code/")]  # code/: the fgclip package
+    assert not [name for name in weights if "checkpoint" in name or "optim" in name], files
+    assert "input_example.json" in files or any(name.endswith("input_example.json") for name in files), files
+
+
+def test_with_approval_required_the_gate_leaves_the_champion_to_a_person(model_dir, sqlite_uri, tmp_path):
+    config = RegisterConfig(gate=GATE, require_approval=True)
+    first = register_model(
+        model_dir,
+        _metrics(tmp_path, "a", fgovd_demo_top1=0.4, box_cls_top1=0.3),
+        config=config,
+        tracking=TrackingConfig(uri=sqlite_uri),
+        name="approval",
+    )
+    assert first.gate_passed and first.approval_required and not first.promoted
+    assert first.champion_after is None and "waiting for approval" in first.reason
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    assert "champion" not in client.get_registered_model("approval").aliases
+    assert str(client.get_model_version_by_alias("approval", "challenger").version) == first.version

@@ -107,6 +107,40 @@ class S3Server:
         return name
 
 
+def s3_server_command(root: Path, port: int) -> list[str]:
+    """rclone serving `root` as S3 on loopback with the test keys (its config beside `root`)."""
+    return [
+        program("rclone"),
+        "serve",
+        "s3",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--auth-key",
+        f"{S3_KEY},{S3_SECRET}",
+        "--config",
+        str(root.parent / "rclone.conf"),
+        str(root),
+    ]
+
+
+def mlflow_server_command(workdir: Path, artifacts: str, port: int) -> list[str]:
+    """An MLflow server on loopback, SQLite store in `workdir`, artifacts proxied to `artifacts`."""
+    return [
+        program("mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts,
+    ]
+
+
 @contextmanager
 def s3_server(root: Path) -> Iterator[S3Server]:
     root.mkdir(parents=True, exist_ok=True)
@@ -114,18 +148,7 @@ def s3_server(root: Path) -> Iterator[S3Server]:
     log = root.parent / f"rclone-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [
-                program("rclone"),
-                "serve",
-                "s3",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--auth-key",
-                f"{S3_KEY},{S3_SECRET}",
-                "--config",
-                str(root.parent / "rclone.conf"),
-                str(root),
-            ],
+            s3_server_command(root, port),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -148,20 +171,7 @@ def mlflow_server(workdir: Path, artifacts: str, env: dict[str, str]) -> Iterato
     server_env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [
-                program("mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{workdir / 'mlflow.db'}",
-                "--artifacts-destination",
-                artifacts,
-            ],
+            mlflow_server_command(workdir, artifacts, port),
             cwd=workdir,
             env=server_env,
             stdout=out,

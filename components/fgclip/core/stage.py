@@ -83,6 +83,7 @@ class StageSummary:
     ignored: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     processed_items: int = 0  # items of the shards actually run (not skipped)
+    input_digests: dict[str, dict[str, str]] = field(default_factory=dict)  # shard -> input -> sha256
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +172,7 @@ def run_stage(
     started = time.perf_counter()
     for shard in tqdm(shards, desc=stage.name, unit="shard", disable=not progress):
         digests = _digest_inputs(stage, shard)
+        summary.input_digests[shard] = digests
         expected = fingerprint(stage.name, digests, settings)
         summary.shards += 1
         manifest = _is_current(out, shard, expected)

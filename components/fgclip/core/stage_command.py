@@ -5,13 +5,14 @@ counts as a DVC metrics file."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fgclip.core.shards import list_shards
-from fgclip.core.stage import ShardStage, StageSummary, run_stage
+from fgclip.core.stage import ShardStage, StageSummary, canonical_json, run_stage
 from fgclip.core.storage import write_text_atomic
 from fgclip.core.tracking import Tracker, tracked_run
 from fgclip.errors import ComponentError
@@ -75,10 +76,15 @@ def run_tracked_stage(
     Pass prune=False when `shards` is only part of the input (see stage.run_stage)."""
     with tracked_run(params.tracking, stage.name, tags={"component": stage.name}) as tracker:
         tracker.log_params({"stage": stage.name, "settings": stage.settings(), **(extra_params or {})})
-        for name, path in inputs.items():
-            tracker.log_dataset(path, name)
+        if prune:  # the whole input: its folders (DVC's hashes where dvc.lock has them)
+            for name, path in inputs.items():
+                tracker.log_dataset(path, name)
         tracker.log_params({"shards": ",".join(shards) if not prune else "all"})
         summary = run_stage(stage, shards, out, progress=progress, prune=prune)
+        if not prune:  # one group of a fan-out: its shards, from the digests the stage took anyway
+            digest = hashlib.sha256(canonical_json(summary.input_digests).encode()).hexdigest()
+            for name, path in inputs.items():
+                tracker.log_dataset(path, name, known=(digest, "shards:" + ",".join(shards)))
         counts = summary.as_dict()
         tracker.log_metrics({k: v for k, v in counts.items() if k not in ("rejected", "ignored")})
         tracker.log_metrics({f"rejected.{k}": v for k, v in counts["rejected"].items()})

@@ -40,6 +40,11 @@ from fgclip.core.tracking_buffer import BufferedRunLogger, TrackingUndelivered
 
 log = logging.getLogger(__name__)
 
+#: Set by an orchestrator (the Airflow DAGs) to the MLflow run of the whole DAG run: every
+#: component run is then nested under it, in its experiment.
+PARENT_RUN_ENV = "FGCLIP_MLFLOW_PARENT_RUN"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}: MLflow params and metrics are flat."""
@@ -92,6 +97,17 @@ def _listing_digest(url: str | Path) -> str:
         pin = object_pin(join(url, name) if name else url)
         digest.update(f"{name}\t{pin['size']}\t{pin['etag']}\n".encode())
     return digest.hexdigest()
+
+
+def dataset_source_path(path: str | Path) -> str:
+    """How a dataset input names its data: relative to the DVC project it lies in (the same
+    on every machine and in every run workspace), an s3:// URL as it is."""
+    text = str(path)
+    if "://" in text:
+        return text
+    target = local_path(path).resolve()
+    root = _find_dvc_root(target if target.is_dir() else target.parent)
+    return os.path.relpath(target, root) if root is not None else str(path)
 
 
 class Tracker:
@@ -165,9 +181,12 @@ class Tracker:
                     stats.longest_stall_s,
                 )
 
-    def log_dataset(self, path: str | Path, name: str, context: str = "input") -> str:
-        """Log a data folder as an MLflow dataset input; returns its digest."""
-        digest, origin = dataset_digest(path)
+    def log_dataset(
+        self, path: str | Path, name: str, context: str = "input", known: tuple[str, str] | None = None
+    ) -> str:
+        """Log a data folder as an MLflow dataset input; returns its digest. `known`:
+        (digest, origin) computed already (a fan-out group's shards), else computed here."""
+        digest, origin = known or dataset_digest(path)
         if self._mlflow:
             from mlflow.data.meta_dataset import MetaDataset
             from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
@@ -177,7 +196,7 @@ class Tracker:
 
                 source = resolve_dataset_source(str(path))
             else:
-                source = LocalArtifactDatasetSource(str(local_path(path).resolve()))
+                source = LocalArtifactDatasetSource(dataset_source_path(path))
             dataset = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]  # not an ABC at run time
             self._mlflow.log_input(dataset, context=context)
             self.set_tags({f"dataset.{name}.digest": digest, f"dataset.{name}.digest_origin": origin})
@@ -207,12 +226,17 @@ def tracked_run(
     import mlflow
 
     uri = tracking_uri(config)
+    parent = os.environ.get(PARENT_RUN_ENV)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the caller's value
     # back afterwards, or the first run in a process would pin the URI of every later one.
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         mlflow.set_tracking_uri(uri)
-        if run_id is None:
+        # an existing run (`run_id`) keeps its experiment and its parent
+        if run_id is None and parent:  # nested under the DAG run's run, in its experiment (the UI nests within one)
+            mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).get_run(parent).info.experiment_id)
+            tags = {**(tags or {}), PARENT_RUN_TAG: parent}
+        elif run_id is None:
             mlflow.set_experiment(experiment or config.experiment)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags or {})) as run:
             buffer = BufferedRunLogger(

@@ -34,12 +34,40 @@ class OrchestrationConfig(Section):
         description="the dataset manifest (written by the dataset stage) whose shards the fan-out splits into groups",
     )
     shard_group_size: int = Field(2, ge=1, description="shards per mapped task")
+    fan_out_in_process: bool = Field(
+        True,
+        description="local runtime: a shard group's command runs in its task's own process (forked with the "
+        "modules loaded: see fgclip.orchestration.preload) instead of a new interpreter",
+    )
     dvc_remote: str = Field("storage", description="DVC remote the publish task pushes to")
     dvc_remote_url: str | None = Field(
         ".cache/dvc-remote",
         description="that remote's URL: s3://bucket/prefix on a cluster, a folder (relative to the "
         "workspace) on the embedded default; None: the remote as .dvc/config has it "
         "(env FGCLIP_DVC_REMOTE_URL wins)",
+    )
+    runs_dir: str = Field(
+        ".fgclip/runs",
+        description="where each DAG run gets its own workspace (a git worktree of the project, relative to it): "
+        "runs never touch the checkout or each other",
+    )
+    dvc_cache_dir: str | None = Field(
+        None,
+        description="the DVC cache every run workspace shares (relative to the project); None: the project's "
+        ".dvc/cache. Outputs are linked from it, never copied",
+    )
+    git_identity: str = Field(
+        "fgclip pipeline <fgclip-pipeline@localhost>",
+        pattern=r"^[^<>]+ <[^<>]+>$",
+        description="author of the commits that record dataset versions and trained models",
+    )
+    dataset_tag: str = Field("dataset/{version}", description="git tag of a published dataset version")
+    model_tag: str = Field("model/{name}/v{version}", description="git tag of a registered model version")
+    max_active_runs: int = Field(4, ge=1, description="DAG runs at once per DAG (each works in its own run workspace)")
+    pools: dict[str, int] = Field(
+        default_factory=lambda: {"fgclip-cpu": 4, "fgclip-gpu": 8, "fgclip-npu": 8},
+        description="Airflow pool per accelerator family (fgclip-<family>) and its slots: at most this many "
+        "tasks of that family run or wait for a pod at once, whatever the number of shard groups",
     )
     dataset_asset: str = Field(
         "fgclip_dataset", description="Airflow Asset the data build emits and the train DAG is scheduled on"
@@ -56,6 +84,8 @@ class OrchestrationConfig(Section):
             "dataset.location",
             "dataset.urls.path",
             "dataset.heldout_shards",
+            "demo.seed",
+            "demo.train_shards",
             "recaption.backend",
             "recaption.hf.model",
             "recaption.openai.base_url",
@@ -77,11 +107,15 @@ class OrchestrationConfig(Section):
         "so a run switches to real models from the UI)",
     )
     train_form: tuple[str, ...] = Field(
-        ("train.recipe",), description="params.yaml keys shown in the train DAG's trigger form"
+        ("train.recipe", "registry.require_approval"),
+        description="params.yaml keys shown in the train DAG's trigger form",
     )
     max_nodes: int = Field(64, ge=1, description="upper bound of the train DAG's number-of-nodes field")
     retries: int = Field(1, ge=0, description="task retries after a crash (never after a user error or a failed gate)")
     retry_delay_s: int = Field(30, ge=0)
+    task_timeout_s: int = Field(
+        86400, ge=60, description="a stage or control task that runs longer fails (its command is stopped)"
+    )
     log_progress_every_s: float = Field(30.0, gt=0.0, description="progress bars reach the task log at most this often")
     kill_grace_s: float = Field(
         10.0, gt=0.0, description="a killed task's command gets SIGTERM, then SIGKILL after this"
@@ -134,10 +168,20 @@ class PoolPreset(Section):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     scheduler_name: str | None = Field(None, description="None: the default scheduler")
+    runtime_class_name: str | None = Field(
+        None,
+        description="RuntimeClass of this pool's pods, e.g. `ascend`: the Ascend Docker Runtime mounts the NPU "
+        "driver into exactly the pods that ask for NPUs, so no pod needs a hostPath and the namespace stays "
+        "at the baseline Pod Security level",
+    )
     shm_size: str = Field(
         "1Gi", pattern=QUANTITY, description="size of the in-memory /dev/shm (DataLoader workers, collectives)"
     )
-    host_mounts: tuple[HostMount, ...] = ()
+    host_mounts: tuple[HostMount, ...] = Field(
+        (),
+        description="read-only hostPath mounts of this pool's pods only (clusters without a device runtime "
+        "that injects the driver); they need a namespace whose Pod Security level admits hostPath",
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="plain settings for this pool's runtime (no secrets: those come from Secrets)"
     )
@@ -164,21 +208,32 @@ ASCEND_DRIVER_MOUNTS = (
 )
 
 
+#: Node labels of the Ascend device plugin (MindCluster): 910A and 910B nodes both offer
+#: huawei.com/Ascend910, so the chip generation is told apart by the accelerator type.
+ASCEND_910A = {"accelerator": "huawei-Ascend910", "accelerator-type": "module"}
+ASCEND_910B = {"accelerator": "huawei-Ascend910", "accelerator-type": "module-910b-8"}
+
+
+def _npu_pool(node_selector: dict[str, str]) -> PoolPreset:
+    return PoolPreset(
+        family="npu",
+        accelerator_resource="huawei.com/Ascend910",
+        accelerators_per_pod=1,
+        cpu="8",
+        memory="64Gi",
+        node_selector=node_selector,
+        tolerations=(Toleration(key="huawei.com/Ascend910"),),
+        scheduler_name="volcano",
+        runtime_class_name="ascend",
+        shm_size="16Gi",
+        env={"HCCL_CONNECT_TIMEOUT": "1200", "ASCEND_GLOBAL_LOG_LEVEL": "3"},
+    )
+
+
 def _default_pools() -> dict[str, PoolPreset]:
     return {
-        "npu": PoolPreset(
-            family="npu",
-            accelerator_resource="huawei.com/Ascend910",
-            accelerators_per_pod=1,
-            cpu="8",
-            memory="64Gi",
-            node_selector={"accelerator": "huawei-Ascend910"},
-            tolerations=(Toleration(key="huawei.com/Ascend910"),),
-            scheduler_name="volcano",
-            shm_size="16Gi",
-            host_mounts=ASCEND_DRIVER_MOUNTS,
-            env={"HCCL_CONNECT_TIMEOUT": "1200", "ASCEND_GLOBAL_LOG_LEVEL": "3"},
-        ),
+        "npu": _npu_pool(ASCEND_910B),
+        "npu910a": _npu_pool(ASCEND_910A),
         "gpu": PoolPreset(
             family="gpu",
             accelerator_resource="nvidia.com/gpu",
@@ -233,7 +288,14 @@ class TrainerSettings(Section):
         description="owner key of the TrainJob's runtimePatches entry",
     )
     poll_interval_s: float = Field(30.0, gt=0.0)
-    timeout_s: float = Field(259200.0, gt=0.0, description="give up (and delete the TrainJob) after this long")
+    timeout_s: float = Field(
+        259200.0,
+        ge=1.0,
+        description="the TrainJob's activeDeadlineSeconds (the cluster stops it) and how long Airflow waits",
+    )
+    deferrable: bool = Field(
+        True, description="wait in Airflow's triggerer (no worker slot held); False: poll in the worker"
+    )
     log_tail_lines: int = Field(200, ge=0, description="last log lines of each node copied into the Airflow task log")
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 
 from fgclip.core.storage import is_s3, read_text, s3_settings, write_text_atomic
-from fgclip.orchestration.pipeline import Project, StageSpec
+from fgclip.orchestration.pipeline import PARAMS_FILE, Project, StageSpec
 from fgclip.orchestration.process import CommandResult, StageFailed, command_env, resolve_program, run_command
+from fgclip.orchestration.runs import read_marker, record_state, restore_files, write_params
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def remote_url(project: Project) -> str | None:
     (a relative folder is taken from the project root); None: as .dvc/config has it."""
     url = os.environ.get("FGCLIP_DVC_REMOTE_URL") or project.settings.dvc_remote_url
     if url and "://" not in url and not Path(url).is_absolute():
-        url = str((project.root / url).resolve())
+        url = str((project.home_root / url).resolve())  # one remote for every run workspace
     return url
 
 
@@ -131,14 +132,20 @@ def record_url(remote: str, version: str) -> str:
     return f"{remote.rstrip('/')}/{VERSIONS_FOLDER}/{version}.json"
 
 
-def publish(project: Project) -> dict[str, Any]:
-    """Commit, push and record the data stages' outputs; returns the version record."""
+def publish(project: Project, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Commit, push and record the data stages' outputs; returns the version record
+    (`extra`: more fields for it, e.g. the DAG run's MLflow run)."""
     names = [stage.name for stage in project.data_stages()]
     dvc(project, "commit", "--force", *names)
     current = current_version(project)
     if current is None:
         raise DatasetError(f"dvc commit left no hashes for the dataset outputs {_dataset_paths(project)} in dvc.lock")
     version, outs = current
+    state: dict[str, str] = {}
+    if read_marker(project.root) is not None:  # a run workspace: the version is a git state too
+        tag = project.settings.dataset_tag.format(version=version)
+        reports = [out for stage in project.data_stages() for out in stage.git_outs]
+        state = record_state(project.root, project.settings, f"dataset {version}", tag, reports)
     remote = ensure_remote(project)
     dvc(project, "push", "--remote", project.settings.dvc_remote, *names)
     lock = _read_lock(project)
@@ -148,6 +155,8 @@ def publish(project: Project) -> dict[str, Any]:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "outs": outs,
         "remote": remote,
+        **state,
+        **(extra or {}),
         "lock": {"schema": lock.get("schema"), "stages": {name: lock["stages"][name] for name in names}},
     }
     where = record_url(remote, version)
@@ -156,35 +165,59 @@ def publish(project: Project) -> dict[str, Any]:
     return {**record, "record": where}
 
 
-def checkout_version(project: Project, version: str) -> dict[str, Any]:
-    """Make the workspace hold dataset `version`: when dvc.lock records it, restore any file
-    that differs from it (`dvc checkout`: training never reads a half-built or unpublished
-    dataset); otherwise take its lock entries from the version record and `dvc pull`."""
-    names = [stage.name for stage in project.data_stages()]
-    current = current_version(project)
-    if current is not None and current[0] == version:
-        dvc(project, "checkout", "--force", *names)
-        return {"version": version, "outs": current[1], "pulled": False}
+def read_record(project: Project, version: str) -> dict[str, Any]:
     remote = ensure_remote(project)
     where = record_url(remote, version)
     try:
-        record = json.loads(read_text(where))
+        return dict(json.loads(read_text(where)))
     except FileNotFoundError as error:
         raise DatasetError(
             f"dataset version {version} was never published to {remote} (no {where}); "
             f"run the data build DAG, or pick a version listed under {remote}/{VERSIONS_FOLDER}/"
         ) from error
+
+
+def _recorded_params(stages: dict[str, Any]) -> dict[str, Any]:
+    """The params.yaml values the data stages ran with (dvc.lock keeps them per stage)."""
+    values: dict[str, Any] = {}
+    for entry in stages.values():
+        values.update((entry.get("params") or {}).get(PARAMS_FILE) or {})
+    return values
+
+
+def checkout_version(project: Project, version: str) -> dict[str, Any]:
+    """Make the (run) workspace hold dataset `version`: its data stages' dvc.lock entries and
+    the params they ran with (so `dvc status` holds for them and the state a training records
+    is whole), their outputs linked from the shared DVC cache, pulled from the remote for
+    whatever the cache lacks. A workspace that records the version already is only checked
+    for files that differ (training never reads a half-built dataset)."""
+    names = [stage.name for stage in project.data_stages()]
+    current = current_version(project)
+    if current is not None and current[0] == version:
+        dvc(project, "checkout", "--force", *names)
+        return {"version": version, "outs": current[1], "pulled": False}
+    record = read_record(project, version)
+    stages = record["lock"]["stages"]
+    write_params(project.root, (project.root / PARAMS_FILE).read_text(), _recorded_params(stages))
     lock = _read_lock(project) or {"schema": record["lock"].get("schema") or "2.0"}
-    lock.setdefault("stages", {}).update(record["lock"]["stages"])
+    lock.setdefault("stages", {}).update(stages)
     write_text_atomic(project.root / LOCK_FILE, yaml.safe_dump(lock, sort_keys=False))
+    if record.get("commit") and read_marker(project.root) is not None:
+        # the reports and the QC gate DVC leaves to git come from the version's commit
+        restore_files(project.root, record["commit"], [out for s in project.data_stages() for out in s.git_outs])
+    pulled = False
     try:
-        dvc(project, "pull", "--force", "--remote", project.settings.dvc_remote, *record["lock"]["stages"])
-    except StageFailed as error:
-        raise DatasetError(f"could not pull dataset {version} from {remote}: {error}") from error
+        dvc(project, "checkout", "--force", *stages)
+    except StageFailed:  # the shared cache lacks some of it: fetch from the remote
+        try:
+            dvc(project, "pull", "--force", "--remote", project.settings.dvc_remote, *stages)
+        except StageFailed as error:
+            raise DatasetError(f"could not pull dataset {version} from {record['remote']}: {error}") from error
+        pulled = True
     current = current_version(project)
     if current is None or current[0] != version:
         raise DatasetError(
             f"after checking out {version} the workspace records {current and current[0]}: the data "
             f"stages in dvc.yaml write other outputs than when {version} was published"
         )
-    return {"version": version, "outs": current[1], "pulled": True}
+    return {"version": version, "outs": current[1], "pulled": pulled, "commit": record.get("commit")}

@@ -2,8 +2,11 @@
 
 Each params.yaml key the config lists under `orchestration.data_form` / `train_form` becomes
 one form field whose JSON schema (type, enum, bounds) and help text come from the pydantic
-field, and whose default is the project's current value. So a backend added to the config's
-Literal shows up in the form's drop-down, and the form rejects what params.yaml would.
+field, and whose default is the value committed in params.yaml. So a backend added to the
+config's Literal shows up in the form's drop-down, and the form rejects what params.yaml
+would. Fields are grouped in sections by params section (one per backend's settings), and
+every free-text field may stay empty: an empty field keeps the committed value, so the form
+submits as it opens, whichever backends are selected.
 """
 
 from __future__ import annotations
@@ -85,8 +88,40 @@ def _value(params: Params, key: str) -> Any:
     return node
 
 
+#: Form sections by params.yaml section (the first part of the key); others: the section's name.
+SECTIONS = {
+    "dataset": "Data source",  # which dataset the run builds
+    "demo": "Data source",  # the demo source's own knobs: which demo world
+    "recaption": "Recaption backend",
+    "detect": "Detect backend",
+    "negatives": "Negatives backend",
+    "qc": "Quality control",
+    "train": "Training",
+    "model": "Training",
+    "registry": "Promotion",
+}
+
+
+def section_of(key: str) -> str:
+    head = key.split(".", 1)[0]
+    return SECTIONS.get(head, head.replace("_", " ").capitalize())
+
+
+def _nullable(key: str) -> bool:
+    info = _field(key)
+    try:
+        TypeAdapter(info.annotation).validate_python(None)
+    except ValueError:
+        return False
+    return True
+
+
 def form_fields(keys: Iterable[str], params: Params) -> dict[str, dict[str, Any]]:
-    """{form name: Param keyword arguments (default, title, description, JSON schema)}."""
+    """{form name: Param keyword arguments (default, title, description, section, JSON schema)}.
+
+    A string field (other than a choice) may be left empty (null): the run keeps the value
+    committed in params.yaml, so a backend's model field is never required while that
+    backend is not selected; an empty committed string opens as an empty field."""
     fields: dict[str, dict[str, Any]] = {}
     for key in keys:
         info = _field(key)
@@ -95,23 +130,45 @@ def form_fields(keys: Iterable[str], params: Params) -> dict[str, dict[str, Any]
         name = form_name(key)
         if name in fields:
             raise PipelineError(f"form fields {key!r} and {fields[name]['title']!r} share the name {name!r}")
+        default = _value(params, key)
+        types = schema.get("type")
+        if types == "string" and "enum" not in schema:
+            schema = {**schema, "type": ["string", "null"]}
+            schema.pop("minLength", None)
+            if default == "":
+                default = None
+        keep = "" if _nullable(key) else " Empty: the committed value."
         fields[name] = {
-            "default": _value(params, key),
+            "default": default,
             "title": key,
-            "description": f"params.yaml {key}" + (f": {info.description}" if info.description else ""),
+            "description": f"params.yaml {key}" + (f": {info.description}" if info.description else "") + keep,
+            "section": section_of(key),
             **schema,
         }
     return fields
 
 
 def overrides(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """{dotted key: value} of the form's values for `keys` (missing values are left out)."""
-    return {key: values[form_name(key)] for key in keys if form_name(key) in values}
+    """{dotted key: value} of the form's values for `keys`; missing values and empty values of
+    keys that cannot be null are left out (the run keeps the committed value)."""
+    chosen: dict[str, Any] = {}
+    for key in keys:
+        name = form_name(key)
+        if name not in values:
+            continue
+        chosen[key] = values[name]
+    return drop_empty(chosen)
+
+
+def drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} without the empty values of keys that cannot be null (the run keeps
+    their committed value): what a pod's `--set key=null` means."""
+    return {key: value for key, value in values.items() if value is not None or _nullable(key)}
 
 
 def form_set_flags(keys: tuple[str, ...]) -> list[str]:
     """`--set key=<the form's value>` for each key, rendered when the task runs (JSON is YAML,
-    which is how `fgclip --set` reads a value)."""
+    which is how `--set` reads a value; see drop_empty for empty values)."""
     flags: list[str] = []
     for key in keys:
         flags += ["--set", f"{key}={{{{ params.{form_name(key)} | tojson }}}}"]

@@ -46,18 +46,27 @@ def to_dict(obj: Any) -> Any:
 # --- the command -------------------------------------------------------------------------
 
 
-def fgclip_arguments(argv: Sequence[str], settings: KubernetesConfig) -> list[str]:
+def fgclip_arguments(argv: Sequence[str], settings: KubernetesConfig, workdir: str | None = None) -> list[str]:
     """The arguments after `fgclip`: the images' entrypoint is `fgclip`, so a leading
-    program name is dropped, and the cluster's params.yaml (mounted from a ConfigMap) is
-    named explicitly, or the CLI would silently read defaults from the empty workspace."""
+    program name is dropped. In a DAG run (`workdir`: its run workspace on the volume) the
+    command runs there and reads that run's params.yaml; otherwise the cluster's params.yaml
+    (mounted from a ConfigMap) is named explicitly, or the CLI would silently read defaults
+    from the empty workspace."""
     args = [str(part) for part in argv]
     if args and Path(args[0]).name == PROGRAM:
         args = args[1:]
     if not args:
         raise ValueError("argv holds no fgclip component command")
+    if workdir:
+        return ["-C", workdir, *args]
     if settings.params_configmap and "--params" not in args:
         args = ["--params", f"{settings.params_mount_path}/{PARAMS_KEY}", *args]
     return args
+
+
+def run_workdir(settings: KubernetesConfig, runs_dir: str, key_template: str) -> str:
+    """A DAG run's workspace as a pod sees it (on the workspace volume)."""
+    return f"{settings.workspace_path.rstrip('/')}/{runs_dir.strip('/')}/{key_template}"
 
 
 def resource_name(component: str) -> str:
@@ -152,8 +161,11 @@ def container_security() -> k8s.V1SecurityContext:
 # --- component pods --------------------------------------------------------------------------
 
 
-def pod_operator_kwargs(component: str, argv: Sequence[str], settings: KubernetesConfig) -> dict[str, Any]:
-    """KubernetesPodOperator keyword arguments (all but task_id) for one component command."""
+def pod_operator_kwargs(
+    component: str, argv: Sequence[str], settings: KubernetesConfig, workdir: str | None = None
+) -> dict[str, Any]:
+    """KubernetesPodOperator keyword arguments (all but task_id) for one component command
+    (`workdir`: the DAG run's workspace it runs in)."""
     pool = settings.pool_for(component)
     preset = settings.pools[pool]
     volumes, mounts = pod_volumes(settings, preset)
@@ -163,7 +175,7 @@ def pod_operator_kwargs(component: str, argv: Sequence[str], settings: Kubernete
         "namespace": settings.namespace,
         "image": settings.images[preset.family],
         "image_pull_policy": settings.image_pull_policy,
-        "arguments": fgclip_arguments(argv, settings),
+        "arguments": fgclip_arguments(argv, settings, workdir),
         "labels": workload_labels(component, pool),
         "container_resources": pod_resources(
             preset, accelerators=preset.accelerators_per_pod, cpu=preset.cpu, memory=preset.memory
@@ -185,6 +197,8 @@ def pod_operator_kwargs(component: str, argv: Sequence[str], settings: Kubernete
     }
     if preset.scheduler_name:
         kwargs["schedulername"] = preset.scheduler_name
+    if preset.runtime_class_name:
+        kwargs["runtime_class_name"] = preset.runtime_class_name
     return kwargs
 
 

@@ -4,6 +4,10 @@
 `cmd` exactly as dvc.yaml writes it, with `--shards NNNNN ...` appended for the stages
 fanned out over shard groups. Nothing here imports Airflow or the components, so DAG files
 parse fast and this module is testable on its own.
+
+Why this module is long: reading dvc.yaml as DVC does (path and params forms, foreach
+expansion, the out -> dep order) and the project and shard groups built on it are one unit
+that every DAG task and control step reads; split, each part would import the others.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import yaml
 from fgclip.config import Params, load_params
 from fgclip.core.storage import list_files
 from fgclip.orchestration.config import OrchestrationConfig
+from fgclip.orchestration.gitrepo import committed_params, committed_text
 
 DVC_FILE = "dvc.yaml"
 PARAMS_FILE = "params.yaml"
@@ -33,6 +38,10 @@ KNOWN_STAGE_KEYS = {"cmd", "deps", "params", "outs", "metrics", "plots", "desc",
 _TEMPLATE = re.compile(r"\$\{")
 #: The only interpolation the DAGs resolve: a foreach stage's ${item}, ${item.field}, ${key}.
 _FOREACH_REF = re.compile(r"\$\{\s*(item|key)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
+#: A fanned-out stage's report flag: each shard group writes its own report there (see
+#: `group_report`), and the groups' reports are merged into the stage's (reports.py).
+REPORT_FLAG = "--report"
+GROUP_REPORTS = ".fgclip/groups"
 #: DVC names foreach stages NAME@ITEM; Airflow task ids take no '@'.
 FOREACH_SEPARATOR = "@"
 TASK_ID_SEPARATOR = "_"
@@ -75,12 +84,26 @@ class StageSpec:
         return argv[1] if argv[0] == COMPONENT_PROGRAM and len(argv) > 1 else argv[0]
 
     def command(self, shards: Sequence[str] | None = None) -> list[str]:
-        """The argv a task runs: dvc.yaml's cmd, plus the shard group of a fanned-out stage."""
+        """The argv a task runs: dvc.yaml's cmd, plus the shard group of a fanned-out stage,
+        whose counts report goes to the group's own file (merged into the stage's afterwards:
+        groups running at once never overwrite each other's counts)."""
         if shards is not None and not self.fan_out:
             raise PipelineError(f"stage {self.name} is not fanned out; it runs over every shard")
         if self.fan_out and not shards:
             raise PipelineError(f"stage {self.name} is fanned out; give it a non-empty shard group")
-        return self.argv + (["--shards", *shards] if shards else [])
+        if not shards:
+            return self.argv
+        argv = self.argv
+        report = self.option(REPORT_FLAG)
+        if report is not None:
+            at = argv.index(REPORT_FLAG) if REPORT_FLAG in argv else argv.index(f"{REPORT_FLAG}={report}")
+            argv = [
+                *argv[:at],
+                REPORT_FLAG,
+                group_report(self.name, shards),
+                *argv[at + (2 if argv[at] == REPORT_FLAG else 1) :],
+            ]
+        return [*argv, "--shards", *shards]
 
     def option(self, flag: str) -> str | None:
         """The value of `--flag VALUE` in the command, if it is there."""
@@ -91,6 +114,11 @@ class StageSpec:
             if word.startswith(flag + "="):
                 return word.split("=", 1)[1]
         return None
+
+    @property
+    def git_outs(self) -> tuple[str, ...]:
+        """The outs DVC leaves to git (`cache: false`: reports, metrics, plots)."""
+        return tuple(out for out in self.outs if out not in self.cached_outs)
 
     def reads_param(self, key: str) -> bool:
         """Whether the stage tracks `key` (a dotted params.yaml key) itself or a section above it."""
@@ -262,12 +290,16 @@ def _order(stages: list[StageSpec]) -> tuple[list[StageSpec], dict[str, frozense
     return ordered, upstream
 
 
-def load_pipeline(root: str | Path, fan_out: Sequence[str] = ()) -> Pipeline:
-    """The stages of `root`/dvc.yaml in run order; `fan_out` names the per-shard-group ones."""
+def load_pipeline(root: str | Path, fan_out: Sequence[str] = (), *, committed: bool = False) -> Pipeline:
+    """The stages of `root`/dvc.yaml in run order; `fan_out` names the per-shard-group ones.
+    `committed`: dvc.yaml as the checkout's HEAD has it (what a new run works with)."""
     path = Path(root) / DVC_FILE
-    if not path.is_file():
-        raise PipelineError(f"no {DVC_FILE} in {root}")
-    document = yaml.safe_load(path.read_text()) or {}
+    text = committed_text(root, DVC_FILE) if committed else None
+    if text is None:
+        if not path.is_file():
+            raise PipelineError(f"no {DVC_FILE} in {root}")
+        text = path.read_text()
+    document = yaml.safe_load(text) or {}
     if set(document) - {"stages"}:
         raise PipelineError(
             f"{path}: top-level keys {sorted(set(document) - {'stages'})} are not supported by the DAGs"
@@ -290,11 +322,18 @@ def load_pipeline(root: str | Path, fan_out: Sequence[str] = ()) -> Pipeline:
 
 @dataclass(frozen=True)
 class Project:
-    """A DVC project the DAGs run in: its folder, typed params and pipeline."""
+    """A DVC project the DAGs run in: its folder, typed params and pipeline. `home` is the
+    checkout it belongs to (a run workspace's project; the folder itself for a checkout): the
+    shared DVC cache, the DVC remote folder and the local MLflow store live there."""
 
     root: Path
     params: Params
     pipeline: Pipeline
+    home: Path | None = None
+
+    @property
+    def home_root(self) -> Path:
+        return self.home or self.root
 
     @property
     def settings(self) -> OrchestrationConfig:
@@ -313,21 +352,24 @@ def project_root(dags_folder: str | Path | None = None) -> Path:
     if os.environ.get("FGCLIP_WORKSPACE"):
         return Path(os.environ["FGCLIP_WORKSPACE"]).resolve()
     home = Path(dags_folder).resolve().parent if dags_folder else Path.cwd()
-    configured = load_params(home / PARAMS_FILE).orchestration.workspace
+    configured = committed_params(home).orchestration.workspace
     return (home / configured).resolve() if configured else home
 
 
-def load_project(root: str | Path) -> Project:
+def load_project(root: str | Path, *, committed: bool = False, home: str | Path | None = None) -> Project:
+    """The project in `root`; `committed`: its params.yaml and dvc.yaml as HEAD has them (what
+    the DAG files are built from, so a run never changes the DAG); `home`: the checkout a
+    run workspace belongs to."""
     root = Path(root)
-    params = load_params(root / PARAMS_FILE)
+    params = committed_params(root) if committed else load_params(root / PARAMS_FILE)
     runtime = os.environ.get("FGCLIP_RUNTIME")
     if runtime:
         params = params.model_copy(
             update={"orchestration": params.orchestration.model_copy(update={"runtime": runtime})}
         )
         OrchestrationConfig.model_validate(params.orchestration.model_dump())  # a bad FGCLIP_RUNTIME fails here
-    pipeline = load_pipeline(root, params.orchestration.fan_out)
-    project = Project(root, params, pipeline)
+    pipeline = load_pipeline(root, params.orchestration.fan_out, committed=committed)
+    project = Project(root, params, pipeline, Path(home).resolve() if home else None)
     data = {stage.name for stage in project.data_stages()}
     outside = sorted(set(params.orchestration.fan_out) - data)
     if outside:
@@ -366,3 +408,8 @@ def shard_groups(
 def group_label(shards: Sequence[str]) -> str:
     """How a shard group is named in the UI: '00000-00003', or '00007' for one shard."""
     return shards[0] if len(shards) == 1 else f"{shards[0]}-{shards[-1]}"
+
+
+def group_report(stage: str, shards: Sequence[str]) -> str:
+    """Where one shard group of a fanned-out stage writes its counts (in the run workspace)."""
+    return f"{GROUP_REPORTS}/{stage}/{group_label(shards)}.json"

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fgclip.core.tracking import PARENT_RUN_ENV
 from fgclip.errors import NOT_RETRYABLE
 from fgclip.orchestration.config import OrchestrationConfig
 from fgclip.orchestration.pipeline import Project, StageSpec
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Lines of a failed command's output repeated in the error (the full output is in the log).
 FAILURE_TAIL_LINES = 40
+#: The training component and its flag to continue from the latest checkpoint.
+TRAIN_COMPONENT, RESUME_FLAG = "train", "--resume"
 
 
 class StageFailed(RuntimeError):
@@ -87,6 +90,30 @@ def command_env(settings: OrchestrationConfig, base: Mapping[str, str] | None = 
         env["MLFLOW_S3_ENDPOINT_URL"] = endpoint  # MLflow's own name for the same endpoint
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TQDM_MININTERVAL", str(settings.log_progress_every_s))
+    return env
+
+
+def absolute_tracking_uri(uri: str, home: Path) -> str:
+    """A relative sqlite store (the embedded default) as the checkout's: every run workspace
+    logs into the project's one store, not a store of its own."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return prefix + str((home / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def project_env(project: Project, parent_run_id: str | None = None) -> dict[str, str]:
+    """command_env for a command in a (run) workspace: the checkout's MLflow store and DeepSpeed
+    build folder (not new ones per run workspace) and the DAG run's parent MLflow run."""
+    env = command_env(project.settings)
+    home = project.home_root
+    env["MLFLOW_TRACKING_URI"] = absolute_tracking_uri(
+        env.get("MLFLOW_TRACKING_URI") or project.params.tracking.uri, home
+    )
+    extensions = Path(project.params.train.torch_extensions_dir)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions if extensions.is_absolute() else home / extensions))
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
     return env
 
 
@@ -165,10 +192,69 @@ def run_command(
     return CommandResult(list(argv), returncode, seconds)
 
 
-def run_stage_locally(project: Project, stage: StageSpec, shards: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run one stage (or one shard group of a fanned-out stage) in the project folder."""
+#: `main(argv) -> exit code` of the `fgclip` command: the DAG files hand it in (the
+#: orchestration layer sits below the CLI and cannot import it).
+CommandMain = Callable[[list[str]], int]
+
+
+def run_in_process(
+    main: CommandMain,
+    argv: Sequence[str],
+    *,
+    cwd: str | Path,
+    env: Mapping[str, str],
+    logger: logging.Logger | None = None,
+) -> CommandResult:
+    """Run an `fgclip` command in this process (a task's own, forked with the modules loaded
+    already: no interpreter start, no imports), in `cwd` with `env`, both restored after."""
+    logger = logger or log
+    shown = " ".join(argv)
+    logger.info("running in %s (in this process): %s", cwd, shown)
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    started = time.monotonic()
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        try:
+            returncode = int(main(list(argv[1:])) or 0)
+        except SystemExit as stop:  # argparse: a bad command line
+            returncode = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    seconds = time.monotonic() - started
+    if returncode != 0:
+        raise StageFailed(
+            f"{shown} exited with code {returncode} after {seconds:.1f} s"
+            + (" (a user error or a failed gate: not retried)" if returncode in NOT_RETRYABLE else "")
+            + "; its output is in the lines above",
+            returncode,
+            retryable=returncode not in NOT_RETRYABLE,
+        )
+    logger.info("finished in %.1f s: %s", seconds, shown)
+    return CommandResult(list(argv), returncode, seconds)
+
+
+def run_stage_locally(
+    project: Project,
+    stage: StageSpec,
+    shards: Sequence[str] | None = None,
+    parent_run_id: str | None = None,
+    main: CommandMain | None = None,
+    retry: bool = False,
+) -> dict[str, Any]:
+    """Run one stage (or one shard group of a fanned-out stage) in the (run) workspace: as a
+    subprocess, or with `main` in this process. `retry`: an Airflow retry, where a training
+    continues from the last checkpoint its failed try left (`--resume`; without it the
+    trainer refuses a folder that holds checkpoints)."""
     argv = stage.command(list(shards) if shards else None)
-    result = run_command(
-        argv, cwd=project.root, env=command_env(project.settings), kill_grace_s=project.settings.kill_grace_s
-    )
+    if retry and stage.component == TRAIN_COMPONENT and RESUME_FLAG not in argv:
+        argv.append(RESUME_FLAG)
+    env = project_env(project, parent_run_id)
+    if main is not None:
+        result = run_in_process(main, argv, cwd=project.root, env=env)
+    else:
+        result = run_command(argv, cwd=project.root, env=env, kill_grace_s=project.settings.kill_grace_s)
     return {"stage": stage.name, **({"shards": list(shards)} if shards else {}), **result.as_dict(), "cmd": argv}

@@ -2,14 +2,19 @@
 `fgclip train` under torchrun on N nodes of the training pool, and the Airflow operator
 that creates it and waits until it completes or fails.
 
+The wait is deferred (`TrainJobTrigger` polls in Airflow's triggerer): a training of three
+days holds no worker slot. The TrainJob carries its own deadline (`activeDeadlineSeconds`),
+so a hung job is stopped by the cluster even when nobody is waiting for it.
+
 `trainjob_manifest` builds the spec offline (tests render and validate it); only the
-operator's `execute` talks to a cluster.
+operator's `execute` and the trigger talk to a cluster.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +37,19 @@ from fgclip.orchestration.kubernetes import (
     to_dict,
     workload_labels,
 )
+from fgclip.orchestration.trainjob_status import (
+    TRAINER_GROUP,
+    TRAINER_VERSION,
+    TRAINJOB_PLURAL,
+    TrainJobTrigger,
+    trainjob_verdict,
+)
 
-TRAINER_GROUP = "trainer.kubeflow.org"
-TRAINER_VERSION = "v1alpha1"
-TRAINJOB_PLURAL = "trainjobs"
 # The torch runtime's replicated job and trainer container are both called "node".
 TRAINER_NODE = "node"
 # JobSet (which the TrainJob becomes) labels every pod with its name == the TrainJob's.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+#: `fgclip train`'s flag to continue from the latest checkpoint (none yet: from step 0).
 RESUME_FLAG = "--resume"
 _TRAINER_DEFAULTS = TrainerSettings()
 
@@ -60,7 +70,14 @@ def training_component(argv: Sequence[str]) -> str:
 
 
 def trainjob_manifest(
-    argv: Sequence[str], settings: KubernetesConfig, num_nodes: int, name: str, *, component: str | None = None
+    argv: Sequence[str],
+    settings: KubernetesConfig,
+    num_nodes: int,
+    name: str,
+    *,
+    component: str | None = None,
+    workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Kubeflow Trainer v2 TrainJob running `torchrun -m fgclip.cli ... train ...` on
     `num_nodes` nodes of the training component's pool.
@@ -71,6 +88,9 @@ def trainjob_manifest(
     runtimePatches entry: node selector, tolerations, /dev/shm, the shared workspace,
     params.yaml (whose `train` section the trainer turns into the DeepSpeed config) and the
     driver mounts. numProcPerNode is always explicit: Trainer's `auto` counts GPUs only.
+    `workdir`: the DAG run's workspace the nodes train in (its params.yaml); `env`: more
+    variables (e.g. the DAG run's MLflow run). `activeDeadlineSeconds` is the trainer's
+    timeout: the cluster stops the job then, whoever is waiting.
 
     The command always has --resume: a TrainJob started again after a node failed (a retry)
     continues from the last checkpoint instead of refusing to start; a first run has none
@@ -103,12 +123,13 @@ def trainjob_manifest(
         "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
         "spec": {
             "runtimeRef": {"name": trainer.runtime_name, "apiGroup": TRAINER_GROUP, "kind": trainer.runtime_kind},
+            "activeDeadlineSeconds": int(trainer.timeout_s),
             "trainer": {
                 "image": settings.images[preset.family],
                 "command": ["torchrun"],
                 # torchrun reads nodes, rank, master and procs from the PET_* variables Trainer sets.
-                "args": ["--module", "fgclip.cli", *_resuming(fgclip_arguments(argv, settings))],
-                "env": to_dict(pod_env(preset)),
+                "args": ["--module", "fgclip.cli", *_resuming(fgclip_arguments(argv, settings, workdir))],
+                "env": [*to_dict(pod_env(preset)), *({"name": k, "value": v} for k, v in sorted((env or {}).items()))],
                 "numNodes": num_nodes,
                 "numProcPerNode": procs,
                 "resourcesPerNode": to_dict(
@@ -158,15 +179,6 @@ def check_trainjob_name(name: str) -> None:
         raise ValueError(f"TrainJob name {name!r} must be a DNS label (a-z, 0-9, '-', at most {DNS_LABEL_MAX})")
 
 
-def trainjob_verdict(trainjob: Mapping[str, Any]) -> tuple[str, str] | None:
-    """("Complete" | "Failed", "reason: message") once the TrainJob has finished, else None."""
-    for condition in (trainjob.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            detail = ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
-            return condition["type"], detail or "no message"
-    return None
-
-
 def logs_command(namespace: str, name: str) -> str:
     return (
         f"kubectl logs -n {namespace} -l {JOBSET_NAME_LABEL}={name} -c {TRAINER_NODE} "
@@ -176,10 +188,13 @@ def logs_command(namespace: str, name: str) -> str:
 
 class TrainJobOperator(BaseOperator):
     """Create a TrainJob and wait until it completes (returns its name) or fails (raises with
-    Trainer's reason and message). A TrainJob of the same name that already exists (a retry
-    after the worker died) is attached to, not duplicated. On timeout or kill the TrainJob is
-    deleted, so its nodes free their accelerators. The last lines of each node's log are
-    copied into the task log; the full logs stay reachable with the logged kubectl command.
+    Trainer's reason and message). The wait is deferred to a TrainJobTrigger (`deferrable`,
+    the default; False polls in the worker). Each try creates a TrainJob of its own name (the
+    name template holds the try number); a TrainJob of the same name that already exists (the
+    same try, after the worker died) is attached to, not duplicated. On timeout or kill the
+    TrainJob is deleted, so its nodes free their accelerators. The last lines of each node's
+    log are copied into the task log; the full logs stay reachable with the logged kubectl
+    command.
 
     `num_nodes`, when given (an int or a template such as "{{ params.num_nodes }}"), replaces
     the manifest's node count at run time. `custom_objects_api` / `core_api` default to the
@@ -197,11 +212,13 @@ class TrainJobOperator(BaseOperator):
         timeout_s: float = _TRAINER_DEFAULTS.timeout_s,
         log_tail_lines: int = _TRAINER_DEFAULTS.log_tail_lines,
         num_nodes: int | str | None = None,
+        deferrable: bool = True,
         custom_objects_api: Any = None,
         core_api: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
         self.manifest = manifest
         self.num_nodes = num_nodes
         self.kubernetes_conn_id = kubernetes_conn_id
@@ -220,6 +237,8 @@ class TrainJobOperator(BaseOperator):
         settings: KubernetesConfig,
         num_nodes: int | str,
         name: str,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> TrainJobOperator:
         """The operator for one `fgclip train` command, with the trainer settings' timing;
@@ -228,12 +247,12 @@ class TrainJobOperator(BaseOperator):
         planned = num_nodes if isinstance(num_nodes, int) else trainer.num_nodes
         return cls(
             task_id=task_id,
-            manifest=trainjob_manifest(argv, settings, planned, name),
+            manifest=trainjob_manifest(argv, settings, planned, name, workdir=workdir, env=env),
             num_nodes=num_nodes,
             poll_interval_s=trainer.poll_interval_s,
             timeout_s=trainer.timeout_s,
             log_tail_lines=trainer.log_tail_lines,
-            **kwargs,
+            **{"deferrable": trainer.deferrable, **kwargs},
         )
 
     # -- clients (injected in tests; the cncf provider's hook on a cluster)
@@ -299,9 +318,21 @@ class TrainJobOperator(BaseOperator):
                 ) from error
             self.log.info("TrainJob %s/%s already exists (an earlier try): waiting for it", namespace, name)
         self.log.info("node logs: %s", logs_command(namespace, name))
-        verdict = self._wait()
+        if self.deferrable:
+            self.defer(
+                trigger=TrainJobTrigger(name, namespace, self.kubernetes_conn_id, self.poll_interval_s),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout_s),
+            )
+        return self._finish(*self._wait())
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any]) -> str:
+        """Back from the trigger with the TrainJob's verdict."""
+        return self._finish(str(event["state"]), str(event["detail"]))
+
+    def _finish(self, state: str, detail: str) -> str:
+        name, namespace = self.job_name, self.job_namespace
         self._copy_node_logs()
-        state, detail = verdict
         if state == "Complete":
             self.log.info("TrainJob %s/%s completed: %s", namespace, name, detail)
             return name

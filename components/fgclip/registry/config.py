@@ -25,6 +25,14 @@ class RegisterConfig(Section):
     artifact_name: str = "model"
     predict_batch_size: int = Field(32, ge=1, description="rows per forward pass when the logged model embeds")
     predict_device: str = Field("auto", description="'auto' (cuda, then Ascend npu, else cpu), or a torch device")
+    require_approval: bool = Field(
+        False,
+        description="a challenger that passes the gate becomes champion only after a person approves it "
+        "(the train DAG's approve_champion task); false: the gate alone decides",
+    )
+    approval_timeout_s: int = Field(
+        604800, ge=60, description="how long the approval waits for a person before it fails (the alias stays)"
+    )
 
     @model_validator(mode="after")
     def _lower_is_better_is_gated(self) -> RegisterConfig:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from fgclip.core.config import TrackingConfig
-from fgclip.core.tracking import tracking_uri
+from fgclip.core.tracking import PARENT_RUN_ENV, PARENT_RUN_TAG, tracking_uri
 from fgclip.registry.config import RegisterConfig
 from fgclip.registry.gate import RegisterError, check_gated_metrics, decide_promotion, load_eval_metrics, local_file
 from fgclip.registry.pyfunc import (
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: The fgclip package, logged with the model as code so it loads where fgclip is not installed.
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: The trainer's summary in the model folder; it names the training's MLflow run.
+TRAINING_SUMMARY = "training.json"
+TRAINING_RUN_TAG = "training.run_id"
 
 
 def champion_version(client: Any, name: str, alias: str) -> Any | None:
@@ -69,6 +80,9 @@ class Registration:
     run_id: str
     decision: str
     promoted: bool
+    gate_passed: bool
+    approval_required: bool
+    training_run_id: str | None
     reason: str
     champion_before: str | None
     champion_after: str | None
@@ -105,10 +119,17 @@ def register_model(
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
 
+    training_run = training_run_id(folder)
     with _open_run(config, name, run_id) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(metrics_file), "eval")
-        version = _log_and_register(folder, projection_dim, config, name)
+        if training_run and training_run != run.info.run_id:
+            # the model belongs to the run that trained it: its version's run is that run
+            with _resume_run(training_run):
+                version = _log_and_register(folder, projection_dim, config, name)
+            mlflow.set_tag(TRAINING_RUN_TAG, training_run)
+        else:
+            version = _log_and_register(folder, projection_dim, config, name)
         for key, value in metrics.items():
             client.set_model_version_tag(name, version, f"{config.metric_tag_prefix}{key}", str(value))
 
@@ -118,16 +139,20 @@ def register_model(
         champion_metrics = version_metrics(client, champion, config.metric_tag_prefix) if champion else None
         decision = decide_promotion(metrics, champion_metrics, config.gate, config.lower_is_better)
         champion_before = str(champion.version) if champion else None
+        moves = decision.promoted and not config.require_approval
         result = Registration(
             name=name,
             version=version,
             model_uri=f"models:/{name}/{version}",
             run_id=run.info.run_id,
             decision=decision.decision,
-            promoted=decision.promoted,
-            reason=decision.reason,
+            promoted=moves,
+            gate_passed=decision.promoted,
+            approval_required=config.require_approval,
+            training_run_id=training_run,
+            reason=decision.reason + ("; waiting for approval" if decision.promoted and not moves else ""),
             champion_before=champion_before,
-            champion_after=version if decision.promoted else champion_before,
+            champion_after=version if moves else champion_before,
             gate=dict(config.gate),
             lower_is_better=list(config.lower_is_better),
             comparisons=[asdict(c) for c in decision.comparisons],
@@ -138,7 +163,7 @@ def register_model(
         for key, tag in _gate_tags(result).items():
             client.set_model_version_tag(name, version, key, tag)
         client.set_registered_model_alias(name, config.challenger_alias, version)
-        if decision.promoted:
+        if moves:
             client.set_registered_model_alias(name, config.champion_alias, version)
         mlflow.log_dict(result.as_dict(), "gate.json")
         mlflow.set_tags({"register.model": name, "register.version": version, "register.decision": decision.decision})
@@ -147,21 +172,74 @@ def register_model(
 
 
 def _open_run(config: RegisterConfig, name: str, run_id: str | None) -> Any:
-    """A new run in the register experiment, or the given existing run (e.g. training's)."""
+    """A new run in the register experiment (nested under the DAG run's run when an
+    orchestrator names one), or the given existing run."""
+    tags: dict[str, str] = {}
     if run_id is None:
-        mlflow.set_experiment(config.experiment)
+        parent = os.environ.get(PARENT_RUN_ENV)
+        if parent:
+            mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent).info.experiment_id)
+            tags[PARENT_RUN_TAG] = parent
+        else:
+            mlflow.set_experiment(config.experiment)
     try:
-        return mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register-{name}")
+        return mlflow.start_run(run_id=run_id, run_name=None if run_id else f"register-{name}", tags=tags or None)
     except MlflowException as error:
         raise RegisterError(f"cannot open MLflow run {run_id!r}: {error.message}") from error
 
 
+def training_run_id(folder: Path) -> str | None:
+    """The MLflow run that trained the model in `folder` (the trainer's summary names it)."""
+    summary = folder / TRAINING_SUMMARY
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("mlflow_run_id") or None
+
+
+@contextmanager
+def _resume_run(run_id: str) -> Iterator[Any]:
+    """The training run, reopened beside the registration's own (in its own experiment: MLflow
+    reopens a run only from the experiment that holds it)."""
+    try:
+        mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+        run = mlflow.start_run(run_id=run_id, nested=True)
+    except MlflowException as error:
+        raise RegisterError(f"cannot reopen the training run {run_id}: {error.message}") from error
+    with run:
+        yield run
+
+
+def model_files(folder: Path, into: Path) -> Path:
+    """The Hugging Face model of `folder` alone: its top-level files (config, weights,
+    tokenizer, image processor, the training summary), never the checkpoints folder with its
+    optimiser states."""
+    into.mkdir(parents=True, exist_ok=True)
+    for item in sorted(folder.iterdir()):
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copy2(item, into / item.name)
+    return into
+
+
+def input_example() -> pd.DataFrame:
+    """One text and one image row, the shapes the logged model takes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(buffer, format="PNG")
+    return pd.DataFrame({"text": ["a photo of a red circle", None], "image": [None, buffer.getvalue()]})
+
+
 def _log_and_register(folder: Path, projection_dim: int, config: RegisterConfig, name: str) -> str:
-    """Log the folder as a pyfunc model in the active run and register it; its version."""
+    """Log the folder's Hugging Face model as a pyfunc model in the active run and register
+    it; its version."""
+    with tempfile.TemporaryDirectory(prefix="fgclip-model-") as staging:
+        return _log_folder(model_files(folder, Path(staging) / MODEL_ARTIFACT), projection_dim, config, name)
+
+
+def _log_folder(folder: Path, projection_dim: int, config: RegisterConfig, name: str) -> str:
     info = mlflow.pyfunc.log_model(
         name=config.artifact_name,
         python_model=FGCLIPPyfuncModel(),
         artifacts={MODEL_ARTIFACT: str(folder)},
+        input_example=input_example(),
         # The wrapper, the eval adapter and FGCLIPModel live in this package: ship it with
         # the model so it loads where fgclip is not installed.
         code_paths=[str(PACKAGE_DIR)],

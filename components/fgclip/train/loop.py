@@ -279,6 +279,7 @@ def train(job: TrainJob, params: Params, context: DistContext, tracker: Tracker,
             "world_size": context.world_size,
             "final_loss": result.losses.get(run.step),
             "skipped": result.skipped,
+            "mlflow_run_id": tracker.run_id,  # the registry links the model version to this run
         }
         result.final_dir = export_final(engine, job, run.last_tag, context, summary)
         result.finished = True

@@ -1,32 +1,36 @@
-"""The Airflow pieces both DAG files are wired from: the trigger forms, the dataset Asset
-and the control tasks around the stages (apply the form, split the shards into groups,
-publish a dataset version, pick and check one out, read the promotion gate). Stage tasks
-come from tasks.stages.stage_task.
+"""The Airflow pieces both DAG files are wired from: the trigger forms, the dataset Asset, the
+control tasks around the stages (make the run's workspace, split the shards into groups,
+merge their reports, publish a dataset version, pick and check one out, read the promotion
+gate, ask a person to approve) and the callbacks that close the run's MLflow run. Stage
+tasks come from tasks.stages.stage_task.
 
 The control steps themselves live in control.py. On the `local` runtime a task calls them
-in-process; on `kubernetes` they run in a pod on the shared workspace
-(`python -m fgclip.orchestration.control ...`) and hand their result back as the pod's
-XCom. What needs Airflow itself (the form's values, Asset events, the branch) stays in the
-task on the worker.
+in-process; on `kubernetes` they run in a pod on the shared workspace volume
+(`python -m fgclip.orchestration.control ...`) and hand their result back as the pod's XCom.
+What needs Airflow itself (the form's values, Asset events, the branch, the approval) stays
+in the task on the worker.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from fgclip.orchestration import control
-from fgclip.orchestration.form import NUM_NODES, form_fields, form_set_flags, overrides
-from fgclip.orchestration.kubernetes import pod_operator_kwargs
-from fgclip.orchestration.pipeline import Project, load_project
+from fgclip.orchestration.form import NUM_NODES, form_fields, form_set_flags, overrides, section_of
+from fgclip.orchestration.gitrepo import RunError
+from fgclip.orchestration.pipeline import Project
 from fgclip.orchestration.process import StageFailed
-from fgclip.orchestration.tasks.stages import task_defaults
+from fgclip.orchestration.runs import read_marker
+from fgclip.orchestration.tasks.common import PARENT_RUN_TEMPLATE
+from fgclip.orchestration.tasks.stages import check_local_nodes, current_workspace
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,10 @@ LAST_SHARD = "last_shard"
 LATEST = "latest"
 PROMOTED_TASK = "champion_promoted"
 KEPT_TASK = "champion_kept"
-CONTROL_MODULE = "fgclip.orchestration.control"
+APPROVAL_TASK = "approve_champion"
+PROMOTE_TASK = "promote_champion"
+DATA_SOURCE_SECTION = "Data source"
+RUN_SECTION = "Run"
 
 
 def _fail(message: str) -> BaseException:
@@ -45,11 +52,11 @@ def _fail(message: str) -> BaseException:
     return AirflowFailException(message)
 
 
-def _call(step: Any, *args: Any) -> Any:
+def _call(step: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a control step in this task; its user errors fail the task without retries."""
     try:
-        return step(*args)
-    except control.ControlError as error:
+        return step(*args, **kwargs)
+    except (control.ControlError, RunError) as error:
         raise _fail(str(error)) from error
     except StageFailed as error:  # a dvc command; a flaky network is worth a retry
         raise (error if error.retryable else _fail(str(error))) from error
@@ -63,16 +70,10 @@ def _kubernetes(project: Project) -> bool:
     return project.settings.runtime == "kubernetes"
 
 
-def _control_pod(project: Project, task_id: str, arguments: list[str], **kwargs: Any) -> Any:
-    """A KubernetesPodOperator running one control step on the workspace; its JSON result
-    is the task's XCom."""
-    pod = pod_operator_kwargs(project.settings.control_component, ["fgclip", "--help"], project.params.kubernetes)
-    pod.update(
-        cmds=["python", "-m", CONTROL_MODULE],
-        arguments=["--xcom-file", control.POD_XCOM_FILE, *arguments],
-        do_xcom_push=True,
-    )
-    return KubernetesPodOperator(task_id=task_id, **{**task_defaults(project.settings), **pod, **kwargs})
+def _pod(project: Project, task_id: str, arguments: list[str], **kwargs: Any) -> Any:
+    from fgclip.orchestration.tasks.pods import control_pod  # see pods.py: the cluster stack loads here only
+
+    return control_pod(project, task_id, arguments, **kwargs)
 
 
 def _params(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def data_form(project: Project) -> dict[str, Any]:
             "type": "integer",
             "minimum": 0,
             "title": "first shard",
-            "description": "first shard number to build (NNNNN), inclusive",
+            "description": "first shard number to build (NNNNN) of the dataset, inclusive",
+            "section": DATA_SOURCE_SECTION,
         },
         LAST_SHARD: {
             "default": None,
@@ -95,6 +97,7 @@ def data_form(project: Project) -> dict[str, Any]:
             "minimum": 0,
             "title": "last shard",
             "description": "last shard number to build, inclusive; empty: up to the last shard",
+            "section": DATA_SOURCE_SECTION,
         },
         **form_fields(project.settings.data_form, project.params),
     }
@@ -111,6 +114,7 @@ def train_form(project: Project) -> dict[str, Any]:
             "title": "dataset version",
             "description": "ds-... as published by the data build, or 'latest': the version of the "
             "Asset event that triggered the run (else the newest one)",
+            "section": DATA_SOURCE_SECTION,
         },
         NUM_NODES: {
             "default": 1,
@@ -119,34 +123,32 @@ def train_form(project: Project) -> dict[str, Any]:
             "maximum": project.settings.max_nodes,
             "title": "number of nodes",
             "description": "training nodes (kubernetes runtime); local: 1",
+            "section": section_of("train"),
         },
         **form_fields(project.settings.train_form, project.params),
     }
     return _params(fields)
 
 
-def prepare_task(project: Project, form_keys: tuple[str, ...], *, training: bool = False) -> Any:
-    """Check the form against the runtime; on `local`, write its values into params.yaml
-    (like `dvc exp run -S`) so every stage and dvc.lock see them. On `kubernetes` the stage
-    pods get them as `--set` flags and the publish step writes them for DVC."""
-    root, kubernetes = project.root, _kubernetes(project)
+def prepare_task(project: Project, form_keys: tuple[str, ...], *, experiment: str, training: bool = False) -> Any:
+    """The run's own workspace: a git worktree of the project at HEAD whose params.yaml holds
+    the committed values plus the form's, and the run's MLflow run; the checkout is never
+    written, so runs never see each other's values and the DAG never changes under a run."""
+    doc = prepare_task.__doc__
+    if _kubernetes(project):
+        args = ["prepare", "--dag-id", "{{ dag.dag_id }}", "--run-id", "{{ run_id }}", "--experiment", experiment]
+        return _pod(project, "prepare", [*args, *form_set_flags(form_keys)], home=True, doc_md=doc)
 
-    @task(task_id="prepare", doc_md=prepare_task.__doc__, multiple_outputs=False)
+    home = project.root
+
+    @task(task_id="prepare", doc_md=doc, multiple_outputs=False)
     def prepare() -> dict[str, Any]:
-        values = get_current_context()["params"]
-        if training and not kubernetes and int(values.get(NUM_NODES, 1)) != 1:
-            raise _fail(
-                f"the local runtime trains on this one machine: {NUM_NODES} must be 1 "
-                f"(got {values[NUM_NODES]}); multi-node training needs orchestration.runtime=kubernetes"
-            )
+        context = get_current_context()
+        values = context["params"]
+        if training:
+            check_local_nodes(values)
         chosen = overrides(values, form_keys)
-        changed = {} if kubernetes else _call(control.apply_params, root, chosen)
-        return {
-            "workspace": str(root),
-            "runtime": "kubernetes" if kubernetes else "local",
-            "values": chosen,
-            "changed": changed,
-        }
+        return _call(control.prepare, home, context["dag"].dag_id, context["run_id"], chosen, experiment=experiment)
 
     return prepare()
 
@@ -156,32 +158,36 @@ def shard_groups_task(project: Project) -> Any:
     orchestration.shard_group_size)."""
     doc = shard_groups_task.__doc__
     if _kubernetes(project):
-        return _control_pod(
-            project,
-            "shard_groups",
-            [
-                "shard-groups",
-                "--first",
-                f"{{{{ params.{FIRST_SHARD} | tojson }}}}",
-                "--last",
-                f"{{{{ params.{LAST_SHARD} | tojson }}}}",
-            ],
-            doc_md=doc,
-        ).output
-
-    root = project.root
+        first, last = f"{{{{ params.{FIRST_SHARD} | tojson }}}}", f"{{{{ params.{LAST_SHARD} | tojson }}}}"
+        return _pod(project, "shard_groups", ["shard-groups", "--first", first, "--last", last], doc_md=doc).output
 
     @task(task_id="shard_groups", doc_md=doc)
     def groups() -> list[list[str]]:
         values = get_current_context()["params"]
-        return _call(control.list_groups, load_project(root), values.get(FIRST_SHARD), values.get(LAST_SHARD))
+        return _call(control.list_groups, current_workspace(project), values.get(FIRST_SHARD), values.get(LAST_SHARD))
 
     return groups()
 
 
+def merge_reports_task(project: Project, groups: Any) -> Any:
+    """Each fanned-out stage's counts report, merged from its shard groups' reports: the
+    file dvc.yaml names and `dvc metrics show` reads."""
+    doc = merge_reports_task.__doc__
+    if _kubernetes(project):
+        groups_json = "{{ ti.xcom_pull(task_ids='shard_groups') | tojson }}"
+        return _pod(project, "merge_reports", ["merge-reports", "--groups", groups_json], doc_md=doc)
+
+    @task(task_id="merge_reports", doc_md=doc)
+    def merge(all_groups: list[list[str]]) -> dict[str, Any]:
+        return _call(control.merge, current_workspace(project), [list(group) for group in all_groups])
+
+    return merge(groups)
+
+
 def publish_task(project: Project) -> Any:
-    """`dvc commit` + `dvc push` of the data stages' outputs and a version record on the
-    remote; emits the dataset Asset whose extra carries the version."""
+    """`dvc commit` + `dvc push` of the data stages' outputs, a git commit and the tag
+    dataset/<version> in the run workspace, a version record on the remote; emits the dataset
+    Asset whose extra carries the version."""
     asset = dataset_asset(project)
     doc = publish_task.__doc__
     if _kubernetes(project):
@@ -189,14 +195,13 @@ def publish_task(project: Project) -> Any:
         def emit(context: Mapping[str, Any], result: Mapping[str, Any]) -> None:
             context["outlet_events"][asset].extra = dict(result)
 
-        flags = form_set_flags(project.settings.data_form)
-        return _control_pod(project, "publish", ["publish", *flags], outlets=[asset], post_execute=emit, doc_md=doc)
-
-    root = project.root
+        args = ["publish", "--parent-run-id", PARENT_RUN_TEMPLATE]  # the prepare pod's result
+        return _pod(project, "publish", args, outlets=[asset], post_execute=emit, doc_md=doc)
 
     @task(task_id="publish", outlets=[asset], doc_md=doc, multiple_outputs=False)
     def publish() -> dict[str, Any]:
-        extra = _call(control.publish, load_project(root))
+        workspace = current_workspace(project)
+        extra = _call(control.publish, workspace, (read_marker(workspace.root) or {}).get("parent_run_id"))
         get_current_context()["outlet_events"][asset].extra = extra
         return extra
 
@@ -241,51 +246,99 @@ def _latest_version(context: Mapping[str, Any], asset: Any) -> tuple[str, str]:
 
 
 def checkout_task(project: Project, version: Any) -> Any:
-    """Check the dataset version out into the workspace: nothing to do when dvc.lock has it,
-    else its lock entries from the remote's version record and `dvc pull`."""
+    """Check the dataset version out into the run workspace: its data stages' dvc.lock entries
+    and params, the data linked from the shared DVC cache (pulled from the remote if missing)."""
     doc = checkout_task.__doc__
     if _kubernetes(project):
-        return _control_pod(project, "checkout_dataset", ["checkout", version], doc_md=doc)
-
-    root = project.root
+        return _pod(project, "checkout_dataset", ["checkout", version], doc_md=doc)
 
     @task(task_id="checkout_dataset", doc_md=doc, multiple_outputs=False)
     def checkout(wanted: str) -> dict[str, Any]:
-        return _call(control.checkout, load_project(root), wanted)
+        return _call(control.checkout, current_workspace(project), wanted)
 
     return checkout(version)
 
 
 def decision_task(project: Project, version: Any) -> Any:
-    """The registry's promotion decision (from the register stage's decision file); tags the
-    new model version with the dataset version it was trained on."""
+    """The registry's promotion decision (from the register stage's decision file); the new
+    model version gets its lineage (dataset version, the data build's and this run's MLflow
+    runs, the git state) and the run's DVC state is committed and tagged model/<name>/v<n>."""
     doc = decision_task.__doc__
     if _kubernetes(project):
-        return _control_pod(project, "registry_decision", ["decision", "--dataset-version", version], doc_md=doc)
-
-    root = project.root
+        args = ["decision", "--dataset-version", version, "--parent-run-id", PARENT_RUN_TEMPLATE]  # prepare's
+        return _pod(project, "registry_decision", args, doc_md=doc)
 
     @task(task_id="registry_decision", doc_md=doc, multiple_outputs=False)
     def read(dataset_version: str) -> dict[str, Any]:
-        return _call(control.decision, load_project(root), dataset_version)
+        workspace = current_workspace(project)
+        parent = (read_marker(workspace.root) or {}).get("parent_run_id")
+        return _call(control.decision, workspace, dataset_version, parent)
 
     return read(version)
 
 
 def promotion_gate_task(decision: Any) -> Any:
-    """The promotion gate's outcome, as a branch: `champion_promoted` runs when the new model
-    version became champion, `champion_kept` when the champion stayed."""
+    """The promotion gate's outcome, as a branch: `champion_promoted` when the new model version
+    became champion, `approve_champion` when it passed the gate and a person has to approve
+    (registry.require_approval), `champion_kept` when the champion stayed."""
 
     @task.branch(task_id="promotion_gate", doc_md=promotion_gate_task.__doc__)
     def gate(result: dict[str, Any]) -> str:
         log.info("%s v%s: %s - %s", result["name"], result["version"], result["decision"], result["reason"])
+        if result.get("approval_required") and result.get("gate_passed"):
+            return APPROVAL_TASK
         return PROMOTED_TASK if result["promoted"] else KEPT_TASK
 
     return gate(decision)
 
 
-def gate_outcomes() -> list[Any]:
-    return [
-        EmptyOperator(task_id=PROMOTED_TASK, doc_md="The new model version is the champion."),
+def approval_tasks(project: Project, decision: Any) -> tuple[Any, Any]:
+    """A person approves (or rejects) the challenger in Airflow before `champion` moves; then
+    the alias moves. A rejection skips both the move and `champion_promoted`."""
+    approve = ApprovalOperator(
+        task_id=APPROVAL_TASK,
+        subject="Promote {{ ti.xcom_pull(task_ids='registry_decision')['name'] }} "
+        "v{{ ti.xcom_pull(task_ids='registry_decision')['version'] }} to champion?",
+        body="{{ ti.xcom_pull(task_ids='registry_decision')['reason'] }}",
+        response_timeout=timedelta(seconds=project.params.registry.approval_timeout_s),
+        doc_md=approval_tasks.__doc__,
+    )
+    if _kubernetes(project):
+        name = "{{ ti.xcom_pull(task_ids='registry_decision')['name'] }}"
+        number = "{{ ti.xcom_pull(task_ids='registry_decision')['version'] }}"
+        promote = _pod(project, PROMOTE_TASK, ["promote", "--name", name, "--version", number])
+    else:
+
+        @task(task_id=PROMOTE_TASK, doc_md="Move the champion alias to the approved version.")
+        def promote_local(result: dict[str, Any]) -> dict[str, Any]:
+            return _call(control.promote, current_workspace(project), result["name"], str(result["version"]))
+
+        promote = promote_local(decision)
+    return approve, promote
+
+
+def gate_outcomes() -> tuple[Any, Any]:
+    return (
+        EmptyOperator(
+            task_id=PROMOTED_TASK,
+            doc_md="The new model version is the champion.",
+            trigger_rule="none_failed_min_one_success",
+        ),
         EmptyOperator(task_id=KEPT_TASK, doc_md="The gate kept the champion; the new version is the challenger."),
-    ]
+    )
+
+
+def finish_callbacks(project: Project) -> dict[str, Any]:
+    """DAG callbacks that close the DAG run's MLflow run as FINISHED or FAILED."""
+
+    def close(failed: bool) -> Any:
+        def callback(context: Mapping[str, Any]) -> None:
+            dag_run = context["dag_run"]
+            try:
+                control.close_dag_run(project, dag_run.dag_id, dag_run.run_id, failed)
+            except Exception:  # the run's outcome stands either way; a tracking outage is logged
+                log.exception("could not close the MLflow run of %s %s", dag_run.dag_id, dag_run.run_id)
+
+        return callback
+
+    return {"on_success_callback": close(False), "on_failure_callback": close(True)}
