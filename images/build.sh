@@ -5,7 +5,7 @@
 #   images/build.sh cpu [gpu]        (make image-cpu, make images)
 #
 # For each family: images/wheelhouse.sh FAMILY (skipped when the wheelhouse is newer than the
-# lock, its filter, pyproject.toml's torch pin and the script), then `podman build` of images/FAMILY/Dockerfile tagged as params.yaml's
+# locks, the filter, pyproject.toml's torch pin and the script), then `podman build` of images/FAMILY/Dockerfile tagged as params.yaml's
 # kubernetes.images names it. The image's size and the build's time go to
 # build/images/FAMILY.json. BASE_IMAGE overrides the base (default: images/base/build.sh's).
 # The NPU image is not built here (see images/npu/Dockerfile).
@@ -32,7 +32,7 @@ for family in "$@"; do
     wheelhouse="build/wheelhouse/$family"
     started=$(date +%s)
     fresh=1
-    for source in requirements.lock images/lock-filter.txt pyproject.toml images/wheelhouse.sh; do
+    for source in requirements.lock requirements-img2dataset.lock images/lock-filter.txt pyproject.toml images/wheelhouse.sh; do
         [ "$wheelhouse/requirements.txt" -nt "$source" ] || fresh=0
     done
     if [ "$fresh" = 1 ]; then

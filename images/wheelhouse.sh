@@ -3,6 +3,9 @@
 # images/lock-filter.txt), the family's torch build, and pip and setuptools, made here, outside
 # the build, so an image build reaches no package index (an air-gapped cluster's registry
 # builds the same way). Packages published only as source are built into wheels here.
+# The cpu family (the one that runs `ingest`) also gets OUT/img2dataset: the wheels of
+# requirements-img2dataset.lock, for img2dataset's own environment in the image (its pins
+# clash with the project's, as in `make env`).
 #
 #   images/wheelhouse.sh FAMILY [OUT]      FAMILY: cpu | gpu | npu; OUT: build/wheelhouse/FAMILY
 #
@@ -62,6 +65,11 @@ else
         "pip==$PIP_VERSION" "setuptools==$SETUPTOOLS_VERSION" 2> >(quiet_locations)
 fi
 
+if [ "$FAMILY" = cpu ]; then
+    "$PIP" wheel "${args[@]}" ${PIP_ARGS:-} --wheel-dir "$OUT/img2dataset" -r "$ROOT/requirements-img2dataset.lock" \
+        "pip==$PIP_VERSION" 2> >(quiet_locations)
+fi
+
 # The family's torch must be the build it is meant to be (a CPU build in the GPU image
 # would only show on the first CUDA call).
 wheels=("$OUT"/torch-"$TORCH_VERSION"*.whl)
@@ -70,4 +78,4 @@ case "$FAMILY" in
     gpu) [[ "${wheels[0]}" != *+cpu* ]] && compgen -G "$OUT/nvidia_*.whl" > /dev/null \
              || { echo "wheelhouse gpu: ${wheels[0]} is not a CUDA build" >&2; exit 1; } ;;
 esac
-echo "wheelhouse $FAMILY: $(ls "$OUT"/*.whl | wc -l) wheels, $(du -sm "$OUT" | cut -f1) MB, $(( $(date +%s) - started )) s"
+echo "wheelhouse $FAMILY: $(find "$OUT" -name '*.whl' | wc -l) wheels, $(du -sm "$OUT" | cut -f1) MB, $(( $(date +%s) - started )) s"

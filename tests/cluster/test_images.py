@@ -167,6 +167,7 @@ def test_dockerignore_sends_only_what_installs_the_project():
     assert included == {
         "pyproject.toml",
         "requirements.lock",
+        "requirements-img2dataset.lock",
         "README.md",
         "components",
         "images/lock-filter.txt",

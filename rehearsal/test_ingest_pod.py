@@ -1,0 +1,110 @@
+"""The dataset stage of a URL list as the kubernetes runtime runs it: one pod of the CPU image
+(img2dataset in its own environment inside it) downloads the loopback photo site (real
+photos plus hostile URLs) with every path on the S3 server: the URL list it reads, the shards
+it writes, the manifest and the report. Nothing lands on the workspace volume. Every good photo
+arrives under its stable key; every bad URL is one failure of its kind, in the report and in
+MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fgclip.config import Params
+from fgclip.core.shards import RawShardReader
+from fgclip.data.ingest.urls import stable_key
+from fgclip.orchestration.kubernetes import build_pod_spec
+from rehearsal.podman import LocalNamespace
+from tests.support.photo_server import HOSTILE, photo_site
+from tests.support.real_data import url_rows, write_url_list
+
+BUCKET = "fgclip-photos"
+KEY_DIGITS = 20
+#: Small shards (several per run), one process: the settings of the real-photo pipeline test.
+INGEST = {
+    "shard_size": 8,
+    "resolution": 64,
+    "margin": 1.25,
+    "min_side": 32,
+    "max_megapixels": 20.0,
+    "processes": 1,
+    "threads": 8,
+    "timeout_s": 2,
+    "retries": 1,
+    "backoff_s": 0.5,
+    "key_length": KEY_DIGITS,
+}
+
+
+def _upload(s3: Any, local: Path, key: str) -> str:
+    import boto3
+
+    env = s3.env()
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    client.upload_file(str(local), BUCKET, key)
+    return f"s3://{BUCKET}/{key}"
+
+
+def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
+    namespace: LocalNamespace,
+    servers: tuple[Any, str],
+    params: dict[str, Any],
+    scratch: Path,
+    report: dict[str, Any],
+) -> None:
+    import mlflow
+
+    s3, tracking = servers
+    s3.bucket(BUCKET)
+    with photo_site(slow_s=4.0, huge_side=5000) as site:
+        rows = url_rows(site)
+        urls = _upload(s3, write_url_list(scratch / "photo-urls.parquet", rows), "lists/urls.parquet")
+        sets = {
+            "dataset.name": "packaged-photos",
+            "dataset.source": "urls",
+            "dataset.location": f"s3://{BUCKET}/images",
+            "dataset.heldout_shards": 1,
+            "dataset.urls.path": urls,
+            **{f"ingest.{name}": value for name, value in INGEST.items()},
+        }
+        overrides = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
+        argv = ["fgclip", "--no-progress", *overrides, "dataset"]
+        argv += ["--out", f"s3://{BUCKET}/dataset", "--report", f"s3://{BUCKET}/reports/dataset.json"]
+        spec = build_pod_spec("dataset", argv, Params.model_validate(params).kubernetes)
+        started = time.monotonic()
+        namespace.run_pod(spec, timeout_s=900)
+        seconds = round(time.monotonic() - started, 1)
+
+    bucket = s3.root / BUCKET
+    summary = json.loads((bucket / "reports" / "dataset.json").read_text())
+    ingest = summary["ingest"]
+    good = [row for row in rows if "broken link" not in row["caption"]]
+    assert ingest["planned"] == len(rows) and ingest["successes"] == len(good), ingest
+    assert ingest["failures_by_kind"] == {kind: 1 for kind in HOSTILE.values()}, ingest
+    manifest = json.loads((bucket / "dataset" / "manifest.json").read_text())
+    assert manifest["images"] == f"s3://{BUCKET}/images" and manifest["source"] == "urls"
+    assert sorted(manifest["shards"]) == [f"{n:05d}" for n in range(ingest["shards"])]
+    stored = {sample.key for tar in sorted((bucket / "images").glob("*.tar")) for sample in RawShardReader(tar)}
+    assert stored == {stable_key(row["url"], row["caption"], KEY_DIGITS) for row in good}
+    # the download report reached the tracking server from inside the pod
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'dataset:packaged-photos'")
+    assert run.data.metrics["successes"] == len(good)
+    assert all(run.data.metrics[f"failures.{kind}"] == 1 for kind in HOSTILE.values()), run.data.metrics
+    report["ingest_pod"] = {
+        "seconds": seconds,
+        "rows": ingest["planned"],
+        "successes": ingest["successes"],
+        "failures_by_kind": ingest["failures_by_kind"],
+        "shards": ingest["shards"],
+    }
