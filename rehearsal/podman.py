@@ -12,7 +12,8 @@ What a Kubernetes namespace gives the project's pods, and what stands in for it 
 | the XCom sidecar's image (alpine)         | the project's base image (it has `sh` and `sleep`)    |
 | containerPort declarations                | left out (podman would publish them on the host)      |
 | ConfigMap volumes, emptyDir volumes       | named volumes of that name (podman's way; /dev/shm is  |
-|                                           | therefore shared by the pods of one machine)          |
+|                                           | therefore shared by the pods of one machine); an      |
+|                                           | emptyDir made world-writable (1777) as kubelet's is   |
 
 A pod that fails raises PodFailed with the pod's name and the cause (the engine's refusal
 to start it, or the container's exit code and the error its log ends with).
@@ -153,6 +154,7 @@ class LocalNamespace:
     keep_failed: bool = False
     podman: Podman = field(default_factory=Podman)
     results: list[PodResult] = field(default_factory=list)
+    _writable_empty_dirs: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ namespace objects
 
@@ -198,20 +200,7 @@ class LocalNamespace:
         self.podman("volume", "create", name)
         # Settle the volume root's owner with a first mount (podman otherwise hands an empty
         # volume to the user of the first container that mounts it, as no storage class does).
-        self.podman(
-            "run",
-            "--rm",
-            "--user",
-            "0:0",
-            "--network",
-            "none",
-            "--volume",
-            f"{name}:/volume",
-            BASE_IMAGE,
-            "sh",
-            "-c",
-            f"chown {owner}:{owner} /volume && chmod 755 /volume",
-        )
+        self._settle_volume_root(name, f"chown {owner}:{owner} /volume && chmod 755 /volume")
         if source is not None:
             with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
                 archive = Path(scratch) / "volume.tar"
@@ -226,7 +215,28 @@ class LocalNamespace:
                         tar.add(item, arcname=item.name, filter=owned)
                 self.podman("volume", "import", name, str(archive))
 
+    def _settle_volume_root(self, name: str, command: str) -> None:
+        """Run `command` as root on the volume's root, mounted at /volume."""
+        self.podman(
+            "run", "--rm", "--user", "0:0", "--network", "none", "--volume", f"{name}:/volume", BASE_IMAGE,
+            "sh", "-c", command,
+        )  # fmt: skip
+
+    def _make_empty_dirs_writable(self, spec: Mapping[str, Any]) -> None:
+        """kubelet makes every emptyDir writable by any user (a Memory one at /dev/shm is a
+        1777 tmpfs); podman's named volume of that name starts as root's 0755, where a non-root
+        pod cannot create a semaphore (multiprocessing) or a DataLoader's shared memory."""
+        for volume in spec["spec"].get("volumes", []):
+            name = volume["name"]
+            if "emptyDir" not in volume or name in self._writable_empty_dirs:
+                continue
+            if not self.podman.exists("volume", name):
+                self.podman("volume", "create", name)
+            self._settle_volume_root(name, "chmod 1777 /volume")
+            self._writable_empty_dirs.add(name)
+
     def remove_volume(self, name: str) -> None:
+        self._writable_empty_dirs.discard(name)
         if self.podman.exists("volume", name):
             self.podman("volume", "rm", "--force", name)
 
@@ -257,6 +267,7 @@ class LocalNamespace:
     def start_pod(self, spec: Mapping[str, Any], *, ip: str | None = None) -> RunningPod:
         """`podman kube play` the pod; raises PodFailed when the engine refuses to start it."""
         spec = self._adapted(spec)
+        self._make_empty_dirs_writable(spec)
         name = spec["metadata"]["name"]
         main = spec["spec"]["containers"][0]["name"]
         if self.podman.exists("pod", name):

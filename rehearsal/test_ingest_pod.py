@@ -16,7 +16,7 @@ from fgclip.config import Params
 from fgclip.core.shards import RawShardReader
 from fgclip.data.ingest.urls import stable_key
 from fgclip.orchestration.kubernetes import build_pod_spec
-from rehearsal.podman import LocalNamespace
+from rehearsal.podman import LocalNamespace, PodFailed
 from tests.support.photo_server import HOSTILE, photo_site
 from tests.support.real_data import url_rows, write_url_list
 
@@ -80,7 +80,10 @@ def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
         argv += ["--out", f"s3://{BUCKET}/dataset", "--report", f"s3://{BUCKET}/reports/dataset.json"]
         spec = build_pod_spec("dataset", argv, Params.model_validate(params).kubernetes)
         started = time.monotonic()
-        namespace.run_pod(spec, timeout_s=900)
+        try:
+            namespace.run_pod(spec, timeout_s=900)
+        except PodFailed as failed:
+            raise AssertionError(f"{failed}\n{failed.logs[-6000:]}") from failed
         seconds = round(time.monotonic() - started, 1)
 
     bucket = s3.root / BUCKET
