@@ -18,39 +18,10 @@ from fgclip.data.ingest.urls import stable_key
 from fgclip.orchestration.kubernetes import build_pod_spec
 from rehearsal.podman import LocalNamespace, PodFailed
 from tests.support.photo_server import HOSTILE, photo_site
-from tests.support.real_data import url_rows, write_url_list
+from tests.support.real_data import INGEST, url_rows, write_url_list
 
 BUCKET = "fgclip-photos"
-KEY_DIGITS = 20
-#: Small shards (several per run), one process: the settings of the real-photo pipeline test.
-INGEST = {
-    "shard_size": 8,
-    "resolution": 64,
-    "margin": 1.25,
-    "min_side": 32,
-    "max_megapixels": 20.0,
-    "processes": 1,
-    "threads": 8,
-    "timeout_s": 2,
-    "retries": 1,
-    "backoff_s": 0.5,
-    "key_length": KEY_DIGITS,
-}
-
-
-def _upload(s3: Any, local: Path, key: str) -> str:
-    import boto3
-
-    env = s3.env()
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    client.upload_file(str(local), BUCKET, key)
-    return f"s3://{BUCKET}/{key}"
+KEY_LENGTH = 20
 
 
 def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
@@ -66,7 +37,8 @@ def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
     s3.bucket(BUCKET)
     with photo_site(slow_s=4.0, huge_side=5000) as site:
         rows = url_rows(site)
-        urls = _upload(s3, write_url_list(scratch / "photo-urls.parquet", rows), "lists/urls.parquet")
+        s3.client().upload_file(str(write_url_list(scratch / "photo-urls.parquet", rows)), BUCKET, "lists/urls.parquet")
+        urls = f"s3://{BUCKET}/lists/urls.parquet"
         sets = {
             "dataset.name": "packaged-photos",
             "dataset.source": "urls",
@@ -74,6 +46,7 @@ def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
             "dataset.heldout_shards": 1,
             "dataset.urls.path": urls,
             **{f"ingest.{name}": value for name, value in INGEST.items()},
+            "ingest.key_length": KEY_LENGTH,
         }
         overrides = [part for key, value in sets.items() for part in ("--set", f"{key}={value}")]
         argv = ["fgclip", "--no-progress", *overrides, "dataset"]
@@ -96,7 +69,7 @@ def test_a_url_list_is_downloaded_by_the_dataset_pod_onto_s3(
     assert manifest["images"] == f"s3://{BUCKET}/images" and manifest["source"] == "urls"
     assert sorted(manifest["shards"]) == [f"{n:05d}" for n in range(ingest["shards"])]
     stored = {sample.key for tar in sorted((bucket / "images").glob("*.tar")) for sample in RawShardReader(tar)}
-    assert stored == {stable_key(row["url"], row["caption"], KEY_DIGITS) for row in good}
+    assert stored == {stable_key(row["url"], row["caption"], KEY_LENGTH) for row in good}
     # the download report reached the tracking server from inside the pod
     client = mlflow.MlflowClient(tracking_uri=tracking)
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])

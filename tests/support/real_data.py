@@ -14,6 +14,20 @@ import pyarrow.parquet as pq
 from tests.support.photo_server import HOSTILE, REDIRECT, PhotoSite
 
 CAPTION_FORMS = ("a photo of {}", "{} seen up close in a picture")
+#: The `ingest` section of a run on the photo site: small shards (several per run, the last
+#: held out), one downloading process, a timeout shorter than the site's slow answer.
+INGEST: dict[str, Any] = {
+    "shard_size": 8,
+    "resolution": 64,
+    "margin": 1.25,
+    "min_side": 32,
+    "max_megapixels": 20.0,
+    "processes": 1,
+    "threads": 8,
+    "timeout_s": 2,
+    "retries": 1,
+    "backoff_s": 0.5,
+}
 
 
 def url_rows(site: PhotoSite) -> list[dict[str, str]]:
@@ -91,18 +105,7 @@ def real_params(
             "heldout_shards": 1,
             "urls": {"path": urls},
         },
-        "ingest": {
-            "shard_size": 8,
-            "resolution": 64,
-            "margin": 1.25,
-            "min_side": 32,
-            "max_megapixels": 20.0,
-            "processes": 1,
-            "threads": 8,
-            "timeout_s": 2,
-            "retries": 1,
-            "backoff_s": 0.5,
-        },
+        "ingest": dict(INGEST),
         "recaption": {
             "backend": "hf",
             "batch_size": 4,

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 S3_KEY, S3_SECRET = "fgclip-test-key", "fgclip-test-secret"
 START_TIMEOUT_S = {"rclone": 30.0, "mlflow": 120.0, "llama_cpp": 120.0, "transformers": 180.0, "http": 30.0}
@@ -90,20 +91,23 @@ class S3Server:
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
         }
 
-    def bucket(self, name: str) -> str:
-        """Create bucket `name` through the S3 API (rclone caches its folder listing, so a
-        folder made behind its back shows up only minutes later)."""
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
         import boto3
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=S3_KEY,
             aws_secret_access_key=S3_SECRET,
             region_name="us-east-1",
         )
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` through the S3 API (rclone caches its folder listing, so a
+        folder made behind its back shows up only minutes later)."""
         if not (self.root / name).is_dir():
-            client.create_bucket(Bucket=name)
+            self.client().create_bucket(Bucket=name)
         return name
 
 
