@@ -29,7 +29,7 @@ def _fails(namespace: LocalNamespace, spec: dict[str, Any]) -> PodFailed:
 
 
 def test_a_bad_command_names_the_pod_and_the_missing_program(namespace: LocalNamespace, params: dict[str, Any]) -> None:
-    spec = build_pod_spec("demo_world", ["fgclip", "demo-world", "--out", "data/demo"], _settings(params))
+    spec = build_pod_spec("dataset", ["fgclip", "dataset", "--out", "data/dataset"], _settings(params))
     spec["spec"]["containers"][0]["command"] = ["fgclipp"]  # a typo in the image's entrypoint
     error = _fails(namespace, spec)
     name = spec["metadata"]["name"]
@@ -76,8 +76,8 @@ def test_an_unwritable_volume_names_the_pod_and_the_denied_path(
     namespace.create_volume(UNWRITABLE_CLAIM, owner=0)  # a claim whose files belong to root
     try:
         spec = build_pod_spec(
-            "demo_world",
-            ["fgclip", "demo-world", "--out", "data/demo"],
+            "dataset",
+            ["fgclip", "dataset", "--out", "data/dataset"],
             _settings(params, workspace_claim=UNWRITABLE_CLAIM),
         )
         error = _fails(namespace, spec)
