@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from fgclip.config import Params
+from fgclip.core.dataset import DatasetManifest
 from fgclip.core.tracking import PARENT_RUN_ENV, PARENT_RUN_TAG
 from fgclip.orchestration.kubernetes import build_pod_spec, fgclip_arguments
 from fgclip.orchestration.pipeline import load_pipeline
@@ -63,6 +64,12 @@ def train_namespace(
 
 def _mountpoint(podman: Podman, volume: str) -> Path:
     return Path(podman.text("volume", "inspect", volume, "--format", "{{.Mountpoint}}").strip())
+
+
+def _dataset_images(workspace: Path) -> str:
+    """The image shard folder the data build's dataset stage pinned (relative to its workspace)."""
+    manifest = DatasetManifest.from_json((workspace / "data" / "dataset" / "manifest.json").read_text())
+    return manifest.images
 
 
 def _latest_checkpoint(workspace: Path) -> int:
@@ -234,7 +241,7 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(
             "--init",
             str(workspace / "models" / "base"),
             "--images",
-            str(workspace / "data" / "demo" / "train" / "images"),
+            str(workspace / _dataset_images(workspace)),
             "--captions",
             str(workspace / "data" / "build" / "captions"),
             "--ranks",
