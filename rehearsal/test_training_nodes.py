@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from fgclip.config import Params
-from fgclip.core.dataset import DatasetManifest
+from fgclip.core.dataset import load_manifest
 from fgclip.core.tracking import PARENT_RUN_ENV, PARENT_RUN_TAG
 from fgclip.orchestration.kubernetes import build_pod_spec, fgclip_arguments
 from fgclip.orchestration.pipeline import load_pipeline
@@ -68,8 +68,7 @@ def _mountpoint(podman: Podman, volume: str) -> Path:
 
 def _dataset_images(workspace: Path) -> str:
     """The image shard folder the data build's dataset stage pinned (relative to its workspace)."""
-    manifest = DatasetManifest.from_json((workspace / "data" / "dataset" / "manifest.json").read_text())
-    return manifest.images
+    return load_manifest(workspace / "data" / "dataset" / "manifest.json").images
 
 
 def _latest_checkpoint(workspace: Path) -> int:

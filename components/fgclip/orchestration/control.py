@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from fgclip.config import parse_override
-from fgclip.core.dataset import DatasetManifest
-from fgclip.core.storage import read_text, write_text_atomic
+from fgclip.core.dataset import load_manifest
+from fgclip.core.storage import write_text_atomic
 from fgclip.core.tracking import tracking_uri
-from fgclip.errors import ExitCode
+from fgclip.errors import ComponentError, ExitCode
 from fgclip.orchestration.dataset import DatasetError, checkout_version, dvc, read_record
 from fgclip.orchestration.dataset import publish as publish_dataset
 from fgclip.orchestration.form import drop_empty
@@ -161,10 +161,11 @@ def list_groups(project: Project, first: int | None, last: int | None) -> list[l
     source = project.settings.dataset_manifest
     manifest = source if "://" in source else project.root / source
     try:
-        names = sorted(DatasetManifest.from_json(read_text(manifest), str(manifest)).shards)
+        names = sorted(load_manifest(manifest).shards)
+    except ComponentError as error:
+        raise ControlError(str(error)) from error
+    try:
         groups = shard_groups(names, project.settings.shard_group_size, first, last)
-    except FileNotFoundError as error:
-        raise ControlError(f"{manifest}: no dataset manifest; the dataset stage writes it") from error
     except (PipelineError, ValueError) as error:
         raise ControlError(f"{manifest}: {error}") from error
     left_out = sorted(set(names) - {shard for group in groups for shard in group})
