@@ -17,7 +17,7 @@ from PIL import Image
 
 from fgclip.core.shards import ShardSample, write_image_shard
 from tests.conftest import REPO_ROOT, tool_env
-from tests.support.real_data import merged, save_tiny_hf_clip
+from tests.support.real_data import merged, save_tiny_hf_clip, tiny_captioner_recaption
 from tests.support.servers import s3_server
 from tests.support.tiny_vision_models import WORDS, save_tiny_llava, save_tiny_owlv2
 
@@ -40,18 +40,7 @@ def test_data_build_and_training_with_every_path_on_s3(tmp_path: Path) -> None:
     clip = save_tiny_hf_clip(models / "clip", captions + [" ".join(WORDS)] * 3)
     params = {
         "dataset": {"name": "s3-squares", "source": "shards", "location": "s3://fgclip/source", "heldout_shards": 1},
-        "recaption": {
-            "backend": "hf",
-            "batch_size": 4,
-            # greedy decoding with random weights never ends a caption: sample instead
-            "hf": {
-                "model": str(captioner),
-                "local_files_only": True,
-                "max_new_tokens": 32,
-                "device": "cpu",
-                "do_sample": True,
-            },
-        },
+        "recaption": tiny_captioner_recaption(captioner),
         "detect": {
             "backend": "owlv2",
             "min_confidence": 0.0,

@@ -92,6 +92,22 @@ def save_tiny_hf_clip(folder: Path, texts: list[str], image_size: int = 64) -> P
     return folder
 
 
+def tiny_captioner_recaption(captioner: Path) -> dict[str, Any]:
+    """The `recaption` section for a tiny random-weight Hugging Face captioner on the CPU."""
+    return {
+        "backend": "hf",
+        "batch_size": 4,
+        # greedy decoding with random weights never ends a caption: sample instead
+        "hf": {
+            "model": str(captioner),
+            "local_files_only": True,
+            "max_new_tokens": 32,
+            "device": "cpu",
+            "do_sample": True,
+        },
+    }
+
+
 def real_params(
     *, urls: str, captioner: Path, detector: Path, clip: Path, llm_url: str, llm_model: str, location: str | None = None
 ) -> dict[str, Any]:
@@ -106,18 +122,7 @@ def real_params(
             "urls": {"path": urls},
         },
         "ingest": dict(INGEST),
-        "recaption": {
-            "backend": "hf",
-            "batch_size": 4,
-            # greedy decoding with random weights never ends a caption: sample instead
-            "hf": {
-                "model": str(captioner),
-                "local_files_only": True,
-                "max_new_tokens": 32,
-                "device": "cpu",
-                "do_sample": True,
-            },
-        },
+        "recaption": tiny_captioner_recaption(captioner),
         "detect": {
             "extractor": "spacy",
             "backend": "owlv2",
