@@ -1,7 +1,7 @@
 """The dataset stage of a URL list as the kubernetes runtime runs it: one pod of the CPU image
 (img2dataset in its own environment inside it) downloads the loopback photo site (real
 photos plus hostile URLs) with every path on the S3 server: the URL list it reads, the shards
-it writes, the manifest and the report. Nothing lands on the workspace volume. Every good photo
+it writes, the manifest and the report (the pod is given no path on the workspace volume). Every good photo
 arrives under its stable key; every bad URL is one failure of its kind, in the report and in
 MLflow."""
 
